@@ -1,0 +1,32 @@
+# `make demo` and `make test` work from a fresh clone with only Python 3.11 and pip.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the package metadata changes. torch comes from the `train` extra (pinned CPU wheel).
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,train]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/skyfuse run --config configs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/transport.py --json out/bench/transport.json
+	$(BIN)/python benchmarks/pipeline.py --json out/bench/pipeline.json
+
+clean:
+	rm -rf $(VENV) out

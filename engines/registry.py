@@ -1,0 +1,28 @@
+"""Engines by name, for `--engine NAME`. Backends are imported only when asked for, so a machine
+without a GPU stack can still list and run the others."""
+
+from __future__ import annotations
+
+import importlib
+
+from pipeline.errors import SkyfuseError
+
+from .base import Engine
+
+# name -> "module:factory"; the factory takes keyword options from the configuration.
+ENGINES: dict[str, str] = {
+    "blend": "engines.classical:BlendEngine",
+    "pyramid": "engines.classical:PyramidEngine",
+}
+
+
+def create_engine(name: str, **options) -> Engine:
+    """Build the engine called `name`; SkyfuseError for an unknown name or bad options."""
+    if name not in ENGINES:
+        raise SkyfuseError(f"unknown engine {name!r}; choose from {', '.join(sorted(ENGINES))}")
+    module_name, factory_name = ENGINES[name].split(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    try:
+        return factory(**options)
+    except (TypeError, ValueError) as exc:
+        raise SkyfuseError(f"engine {name!r}: {exc}") from None

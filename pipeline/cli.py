@@ -1,0 +1,62 @@
+"""The `skyfuse` command. Each subcommand lives in the package that owns it and parses its own
+arguments; this module only dispatches and turns user errors into one-line messages."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import SkyfuseError
+
+# subcommand -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an
+# exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pipeline.launcher:main", "run the whole pipeline (capture, fuse, sink) as supervised processes"),
+    "capture": ("pipeline.capture:main", "run one capture stage: a source sent to a fuse stage"),
+    "fuse": ("pipeline.fuse:main", "run the fuse stage: pair, pre-warp, fuse, send to a sink"),
+    "sink": ("pipeline.sink:main", "run the sink stage: HUD, recording, live view"),
+    "calibrate": ("calibration.cli:main", "estimate the rig file (geometry and time offset)"),
+    "metrics": ("training.metrics:main", "fusion metrics for one visible/thermal/fused triple"),
+    "train": ("training.trainer:main", "train a fusion network"),
+    "eval": ("training.evaluate:main", "evaluate networks on a benchmark protocol"),
+    "fuse-pair": ("training.fuse_pair:main", "fuse one image pair with a network or engine"),
+    "export": ("engines.export:main", "export a network to ONNX"),
+    "build-engine": ("engines.tensorrt_build:main", "build a TensorRT engine from ONNX"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: skyfuse COMMAND [options]   (skyfuse COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"skyfuse: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name = COMMANDS[name][0].split(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+        return int(function(rest) or 0)
+    except SkyfuseError as exc:
+        print(f"skyfuse {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except (ModuleNotFoundError, AttributeError) as exc:
+        if module_name.split(".")[0] in str(exc):
+            print(f"skyfuse {name}: error: this command is not available in this install ({exc})",
+                  file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

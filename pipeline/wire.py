@@ -1,0 +1,227 @@
+"""The wire format and the sockets that carry it: the only module that knows how a frame is encoded.
+
+A message is a ZeroMQ multipart message: one JSON header part, then one raw buffer part per image,
+sent without copying. The header names the protocol and its version, the stream, sequence number,
+capture time, latency stamps, JSON-able metadata, and for each buffer its name, pixel format and shape.
+Receivers check every field against the buffer lengths; a message that fails any check is dropped and
+counted by reason, never raised into a stage. Nothing is ever unpickled.
+
+Ports: an input port (`Receiver`) binds its endpoint and an output port (`Sender`) connects to it, so
+a capture process on a drone connects out to a ground station that listens. Endpoints are ZeroMQ
+addresses: `ipc:///path` between processes on one machine, `tcp://host:port` between machines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, deque
+
+import numpy as np
+import zmq
+
+from .frame import PIXEL_FORMATS, EndOfStream, Frame, pixel_format_of
+
+MAGIC = "skyfuse"
+VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+MAX_DIMENSION = 16384
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # an 8K RGB frame is 100 MB
+
+
+class WireError(ValueError):
+    """A message that does not follow the wire format; `reason` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def encode(message: Frame | EndOfStream) -> list:
+    """Header bytes followed by the image buffers (as memoryviews, not copies)."""
+    if isinstance(message, EndOfStream):
+        header = {"magic": MAGIC, "version": VERSION, "kind": "eos", "stream": message.stream,
+                  "meta": message.meta, "parts": []}
+        return [json.dumps(header).encode()]
+    images = {"image": message.image, **message.extras}
+    parts, buffers = [], []
+    for name, image in images.items():
+        image = np.ascontiguousarray(image)
+        parts.append({"name": name, "format": pixel_format_of(image), "shape": list(image.shape)})
+        buffers.append(memoryview(image).cast("B"))
+    header = {"magic": MAGIC, "version": VERSION, "kind": "frame", "stream": message.stream,
+              "seq": message.seq, "capture_ns": message.capture_ns, "stamps": message.stamps,
+              "meta": message.meta, "parts": parts}
+    return [json.dumps(header).encode(), *buffers]
+
+
+def decode(parts: list, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Frame | EndOfStream:
+    """Rebuild a message from its parts (bytes or zmq.Frame); raises WireError naming what is wrong."""
+    if not parts:
+        raise WireError("empty", "message has no parts")
+    buffers = [memoryview(p.buffer if isinstance(p, zmq.Frame) else p) for p in parts]
+    total = sum(b.nbytes for b in buffers)
+    if total > max_message_bytes:
+        raise WireError("oversized", f"{total} bytes exceeds the limit of {max_message_bytes}")
+    if buffers[0].nbytes > MAX_HEADER_BYTES:
+        raise WireError("bad_header", f"header of {buffers[0].nbytes} bytes is too large")
+    try:
+        header = json.loads(bytes(buffers[0]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError("bad_header", f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("magic") != MAGIC:
+        raise WireError("bad_header", "not a skyfuse message")
+    if header.get("version") != VERSION:
+        raise WireError("bad_version", f"version {header.get('version')!r}, expected {VERSION}")
+    stream, meta, specs = header.get("stream"), header.get("meta", {}), header.get("parts")
+    if not isinstance(stream, str) or not isinstance(meta, dict) or not isinstance(specs, list):
+        raise WireError("bad_header", "stream, meta or parts missing or of the wrong type")
+    kind = header.get("kind")
+    if kind == "eos":
+        if len(buffers) != 1:
+            raise WireError("part_count", "end-of-stream message carries buffers")
+        return EndOfStream(stream=stream, meta=meta)
+    if kind != "frame":
+        raise WireError("bad_kind", f"unknown message kind {kind!r}")
+    if len(specs) != len(buffers) - 1 or not specs:
+        raise WireError("part_count", f"header lists {len(specs)} buffers, message has {len(buffers) - 1}")
+    seq, capture_ns, stamps = header.get("seq"), header.get("capture_ns"), header.get("stamps", {})
+    if not _is_int(seq) or not _is_int(capture_ns) or not isinstance(stamps, dict):
+        raise WireError("bad_header", "seq, capture_ns or stamps missing or of the wrong type")
+    if not all(isinstance(k, str) and _is_int(v) for k, v in stamps.items()):
+        raise WireError("bad_header", "stamps must map event names to integer ns")
+    images = {}
+    for spec, buffer in zip(specs, buffers[1:]):
+        name, image = _decode_image(spec, buffer)
+        if name in images:
+            raise WireError("bad_header", f"image {name!r} appears twice")
+        images[name] = image
+    if "image" not in images:
+        raise WireError("bad_header", "no part named 'image'")
+    image = images.pop("image")
+    return Frame(stream=stream, seq=seq, capture_ns=capture_ns, image=image, stamps=stamps, meta=meta,
+                 extras=images)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decode_image(spec, buffer: memoryview) -> tuple[str, np.ndarray]:
+    if not isinstance(spec, dict):
+        raise WireError("bad_header", "part description is not an object")
+    name, fmt, shape = spec.get("name"), spec.get("format"), spec.get("shape")
+    if not isinstance(name, str):
+        raise WireError("bad_header", "part has no name")
+    if fmt not in PIXEL_FORMATS:
+        raise WireError("bad_format", f"unknown pixel format {fmt!r}")
+    dtype, channels = PIXEL_FORMATS[fmt]
+    expected_rank = 2 if channels == 1 else 3
+    if (not isinstance(shape, list) or len(shape) != expected_rank or not all(_is_int(d) for d in shape)
+            or (channels > 1 and shape[2] != channels)):
+        raise WireError("bad_shape", f"shape {shape!r} does not fit pixel format {fmt}")
+    if not all(0 < d <= MAX_DIMENSION for d in shape[:2]):
+        raise WireError("bad_shape", f"shape {shape} outside 1..{MAX_DIMENSION}")
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if buffer.nbytes != expected:
+        raise WireError("size_mismatch", f"{name}: buffer has {buffer.nbytes} bytes, {fmt} {shape} needs {expected}")
+    return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def _context() -> zmq.Context:
+    return zmq.Context.instance()
+
+
+class Sender:
+    """An output port (PUSH, connects). Lossless mode blocks when the receiver is behind (back-pressure);
+    live mode never blocks: a frame that finds the queue full is dropped and counted."""
+
+    def __init__(self, endpoint: str, *, lossless: bool, high_water_mark: int = 4):
+        self.endpoint, self.lossless = endpoint, lossless
+        self.drops: Counter[str] = Counter()
+        self.socket = _context().socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.connect(endpoint)
+
+    def send(self, frame: Frame) -> bool:
+        """Send a frame; False when live mode dropped it."""
+        frame.stamp("sent")
+        flags = 0 if self.lossless else zmq.NOBLOCK
+        try:
+            self.socket.send_multipart(encode(frame), flags=flags, copy=False)
+        except zmq.Again:
+            self.drops["send_queue_full"] += 1
+            return False
+        return True
+
+    def send_eos(self, eos: EndOfStream, timeout_ms: int = 5000) -> bool:
+        """Send end-of-stream, waiting at most `timeout_ms` for room; False if no receiver took it."""
+        if self.socket.poll(timeout_ms, zmq.POLLOUT):
+            self.socket.send_multipart(encode(eos))
+            return True
+        return False
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class Receiver:
+    """An input port (PULL, binds) with an explicit queue policy.
+
+    - lossless: one message is taken from the socket per `recv`, so a slow stage pushes back on its sender.
+    - live (`drop_oldest`): every waiting message is taken into a queue of `queue_size`; when it is full
+      the oldest frame is dropped and counted, so what comes out is always recent and latency stays flat.
+    Malformed messages are dropped and counted as `malformed:<reason>`; `last_error` keeps the detail.
+    """
+
+    def __init__(self, endpoint: str, *, lossless: bool, queue_size: int = 2,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, high_water_mark: int = 4):
+        self.endpoint, self.lossless = endpoint, lossless
+        self.queue_size, self.max_message_bytes = queue_size, max_message_bytes
+        self.drops: Counter[str] = Counter()
+        self.last_error = ""
+        self.queue: deque[Frame | EndOfStream] = deque()
+        self.socket = _context().socket(zmq.PULL)
+        self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # A backstop against memory exhaustion; messages under it but over the limit are counted in decode.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close()
+            from .errors import SkyfuseError
+            raise SkyfuseError(f"cannot listen on {endpoint}: {exc}") from None
+
+    def recv(self, timeout_ms: int) -> Frame | EndOfStream | None:
+        """The next message, or None if nothing valid arrived within `timeout_ms`."""
+        if not self.queue:
+            if not self.socket.poll(timeout_ms, zmq.POLLIN):
+                return None
+            self._take_one()
+        if not self.lossless:
+            while self.socket.poll(0, zmq.POLLIN):
+                self._take_one()
+        return self.queue.popleft() if self.queue else None
+
+    def pending(self) -> bool:
+        """Whether a message is ready without waiting."""
+        return bool(self.queue) or bool(self.socket.poll(0, zmq.POLLIN))
+
+    def _take_one(self) -> None:
+        parts = self.socket.recv_multipart(copy=False)
+        try:
+            message = decode(parts, self.max_message_bytes)
+        except WireError as exc:
+            self.drops[f"malformed:{exc.reason}"] += 1
+            self.last_error = str(exc)
+            return
+        self.queue.append(message)
+        if not self.lossless and len(self.queue) > self.queue_size:
+            oldest_frame = next((m for m in self.queue if isinstance(m, Frame)), None)
+            if oldest_frame is not None:
+                self.queue.remove(oldest_frame)
+                self.drops["queue_full_drop_oldest"] += 1
+
+    def close(self) -> None:
+        self.socket.close()
