@@ -19,6 +19,7 @@ from collections import Counter, deque
 import numpy as np
 import zmq
 
+from .errors import SkyfuseError
 from .frame import PIXEL_FORMATS, EndOfStream, Frame, pixel_format_of
 
 MAGIC = "skyfuse"
@@ -123,7 +124,8 @@ def _decode_image(spec, buffer: memoryview) -> tuple[str, np.ndarray]:
         raise WireError("bad_shape", f"shape {shape} outside 1..{MAX_DIMENSION}")
     expected = int(np.prod(shape)) * dtype.itemsize
     if buffer.nbytes != expected:
-        raise WireError("size_mismatch", f"{name}: buffer has {buffer.nbytes} bytes, {fmt} {shape} needs {expected}")
+        raise WireError("size_mismatch",
+                        f"{name}: buffer has {buffer.nbytes} bytes, {fmt} {shape} needs {expected}")
     return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
@@ -190,7 +192,6 @@ class Receiver:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.socket.close()
-            from .errors import SkyfuseError
             raise SkyfuseError(f"cannot listen on {endpoint}: {exc}") from None
 
     def recv(self, timeout_ms: int) -> Frame | EndOfStream | None:
