@@ -6,7 +6,8 @@ capture time, latency stamps, JSON-able metadata, and for each buffer its name, 
 Receivers check every field against the buffer lengths; a message that fails any check is dropped and
 counted by reason, never raised into a stage. Nothing is ever unpickled.
 
-Ports: an input port (`Receiver`) binds its endpoint and an output port (`Sender`) connects to it, so
+Each port stamps the frames it passes (wall-clock ns under its `stamp` name), so latency can be split by
+hop. Ports: an input port (`Receiver`) binds its endpoint and an output port (`Sender`) connects to it, so
 a capture process on a drone connects out to a ground station that listens. Endpoints are ZeroMQ
 addresses: `ipc:///path` between processes on one machine, `tcp://host:port` between machines.
 """
@@ -14,6 +15,7 @@ addresses: `ipc:///path` between processes on one machine, `tcp://host:port` bet
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter, deque
 
 import numpy as np
@@ -137,8 +139,9 @@ class Sender:
     """An output port (PUSH, connects). Lossless mode blocks when the receiver is behind (back-pressure);
     live mode never blocks: a frame that finds the queue full is dropped and counted."""
 
-    def __init__(self, endpoint: str, *, lossless: bool, high_water_mark: int = 4):
-        self.endpoint, self.lossless = endpoint, lossless
+    def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "sent", high_water_mark: int = 4,
+                 stop: threading.Event | None = None):
+        self.endpoint, self.lossless, self.stop, self.stamp = endpoint, lossless, stop, stamp
         self.drops: Counter[str] = Counter()
         self.socket = _context().socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
@@ -146,11 +149,15 @@ class Sender:
         self.socket.connect(endpoint)
 
     def send(self, frame: Frame) -> bool:
-        """Send a frame; False when live mode dropped it."""
-        frame.stamp("sent")
-        flags = 0 if self.lossless else zmq.NOBLOCK
+        """Send a frame; False when live mode dropped it (or a stop was requested while waiting)."""
+        if self.lossless:
+            # Wait for room in slices so that a stop request is honoured while the receiver is stalled.
+            while not self.socket.poll(100, zmq.POLLOUT):
+                if self.stop is not None and self.stop.is_set():
+                    return False
+        frame.stamp(self.stamp)
         try:
-            self.socket.send_multipart(encode(frame), flags=flags, copy=False)
+            self.socket.send_multipart(encode(frame), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.drops["send_queue_full"] += 1
             return False
@@ -176,9 +183,9 @@ class Receiver:
     Malformed messages are dropped and counted as `malformed:<reason>`; `last_error` keeps the detail.
     """
 
-    def __init__(self, endpoint: str, *, lossless: bool, queue_size: int = 2,
+    def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "received", queue_size: int = 2,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, high_water_mark: int = 4):
-        self.endpoint, self.lossless = endpoint, lossless
+        self.endpoint, self.lossless, self.stamp = endpoint, lossless, stamp
         self.queue_size, self.max_message_bytes = queue_size, max_message_bytes
         self.drops: Counter[str] = Counter()
         self.last_error = ""
@@ -217,6 +224,8 @@ class Receiver:
             self.drops[f"malformed:{exc.reason}"] += 1
             self.last_error = str(exc)
             return
+        if isinstance(message, Frame):
+            message.stamp(self.stamp)
         self.queue.append(message)
         if not self.lossless and len(self.queue) > self.queue_size:
             oldest_frame = next((m for m in self.queue if isinstance(m, Frame)), None)

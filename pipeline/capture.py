@@ -1,0 +1,98 @@
+"""The capture stage: reads one source and sends its frames, stamped at capture, to a fuse stage.
+
+Port: `output` (connects to the fuse stage's input for this stream). Pacing: `native` replays files and
+the synthetic flight at their own frame rate (a late frame is skipped, like a real camera would), `max`
+sends as fast as the receiver takes them. Cameras are always real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+
+from .frame import EndOfStream, Frame
+from .sources import CorruptFrame, Source, open_source
+from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
+from .stats import StageStats
+from .wire import Sender
+
+
+class CaptureStage:
+    def __init__(self, source: Source, output: Sender, *, pace: bool, epoch_ns: int):
+        self.source, self.output, self.pace, self.epoch_ns = source, output, pace, epoch_ns
+        self.name = f"capture.{source.stream}"
+        self.stats = StageStats(self.name)
+
+    def run(self, stop) -> dict:
+        """Send frames until the source ends or `stop` is set; then send end-of-stream. Returns stats."""
+        period_ns = int(1e9 / self.source.fps) if self.source.fps > 0 else 0
+        corrupt_logged = False
+        while not stop.is_set():
+            try:
+                item = self.source.read()
+            except CorruptFrame as exc:
+                self.stats.drops["corrupt_frame"] += 1
+                if not corrupt_logged:
+                    log(self.name, f"skipping corrupt frame ({exc}); further ones are only counted")
+                    corrupt_logged = True
+                continue
+            if item is None:
+                break
+            media_ns = self.epoch_ns + int(round(item.time_s * 1e9))
+            if self.pace and not self.source.live:
+                delay_ns = media_ns - time.monotonic_ns()
+                if delay_ns > 0:
+                    stop.wait(delay_ns / 1e9)
+                elif -delay_ns > period_ns:
+                    self.stats.drops["late"] += 1
+                    continue
+            capture_ns = time.monotonic_ns() if self.source.live else media_ns
+            frame = Frame(stream=self.source.stream, seq=item.index, capture_ns=capture_ns, image=item.image,
+                          meta={"fps": self.source.fps, "drops": self._drops()})
+            frame.stamp("capture")
+            if self.output.send(frame):
+                self.stats.count_frame()
+        self.stats.drops.update(self.output.drops)
+        summary = self.stats.summary()
+        if not self.output.send_eos(EndOfStream(self.source.stream, {"stats": {self.name: summary}})):
+            log(self.name, "no receiver took the end-of-stream message")
+        return summary
+
+    def _drops(self) -> dict[str, int]:
+        merged = Counter(self.stats.drops)
+        merged.update(self.output.drops)
+        return {f"{self.name}:{reason}": count for reason, count in merged.items()}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="skyfuse capture", description=__doc__.split("\n")[0])
+    parser.add_argument("--source", required=True, help="synthetic[:k=v,...], video file, folder, glob, "
+                        "CSV[#column], camera:N, rtsp://..., or a GStreamer pipeline")
+    parser.add_argument("--stream", required=True, choices=("visible", "thermal"))
+    parser.add_argument("--output", required=True, help="fuse stage endpoint, e.g. tcp://ground:5550")
+    add_mode_argument(parser)
+    parser.add_argument("--pace", choices=("native", "max"), default=None,
+                        help="native: replay at the source's frame rate; max: as fast as taken "
+                             "(default: native in live mode, max in lossless)")
+    parser.add_argument("--fps", type=float, default=None, help="frame rate for sources without one")
+    parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    parser.add_argument("--epoch-ns", type=int, default=None,
+                        help="monotonic-clock ns of media time 0, shared by the captures of one run")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    stop = stop_on_signals()
+    source = open_source(args.source, args.stream, fps=args.fps, frames=args.frames)
+    lossless = args.mode == "lossless"
+    pace = (args.pace or ("max" if lossless else "native")) == "native"
+    epoch_ns = args.epoch_ns if args.epoch_ns is not None else time.monotonic_ns()
+    output = Sender(args.output, lossless=lossless, stamp="capture_sent", stop=stop)
+    try:
+        summary = CaptureStage(source, output, pace=pace, epoch_ns=epoch_ns).run(stop)
+    finally:
+        source.close()
+        output.close()
+    log(f"capture.{args.stream}", f"sent {summary['frames']} frames at {summary['fps']} fps, "
+        f"drops {summary['drops'] or 'none'}")
+    return 0
+

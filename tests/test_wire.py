@@ -1,0 +1,173 @@
+"""Wire format: round trip over real sockets, and every malformed field rejected and counted."""
+
+import json
+import time
+import uuid
+
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.frame import EndOfStream, Frame
+from pipeline.wire import VERSION, Receiver, Sender, WireError, decode, encode
+
+
+def make_frame(**overrides) -> Frame:
+    rng = np.random.default_rng(0)
+    values = dict(stream="visible", seq=7, capture_ns=123_456_789,
+                  image=rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                  stamps={"capture": 1}, meta={"fps": 30.0},
+                  extras={"thermal": rng.integers(0, 65535, (12, 16), dtype=np.uint16)})
+    values.update(overrides)
+    return Frame(**values)
+
+
+def header_of(parts) -> dict:
+    return json.loads(bytes(parts[0]))
+
+
+def with_header(message_parts, **changes) -> list:
+    header = header_of(message_parts)
+    header.update(changes)
+    return [json.dumps(header).encode(), *[bytes(p) for p in message_parts[1:]]]
+
+
+@pytest.fixture
+def endpoint(tmp_path):
+    return f"ipc://{tmp_path}/{uuid.uuid4().hex[:8]}.sock"
+
+
+def test_round_trip_keeps_pixels_identity_and_metadata():
+    frame = make_frame()
+    decoded = decode([bytes(p) for p in encode(frame)])
+    assert (decoded.stream, decoded.seq, decoded.capture_ns) == ("visible", 7, 123_456_789)
+    assert decoded.meta == {"fps": 30.0} and decoded.stamps == {"capture": 1}
+    np.testing.assert_array_equal(decoded.image, frame.image)
+    np.testing.assert_array_equal(decoded.extras["thermal"], frame.extras["thermal"])
+    assert decoded.extras["thermal"].dtype == np.uint16
+
+
+def test_encode_sends_buffers_without_copying():
+    frame = make_frame()
+    parts = encode(frame)
+    assert isinstance(parts[1], memoryview) and parts[1].obj is frame.image
+
+
+def test_end_of_stream_round_trip():
+    decoded = decode(encode(EndOfStream("thermal", {"stats": {"a": 1}})))
+    assert isinstance(decoded, EndOfStream) and decoded.stream == "thermal"
+    assert decoded.meta["stats"] == {"a": 1}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"version": VERSION + 1}, "bad_version"),
+    ({"magic": "other"}, "bad_header"),
+    ({"kind": "mystery"}, "bad_kind"),
+    ({"seq": "7"}, "bad_header"),
+    ({"seq": True}, "bad_header"),
+    ({"capture_ns": 1.5}, "bad_header"),
+    ({"stamps": {"capture": "now"}}, "bad_header"),
+    ({"meta": [1, 2]}, "bad_header"),
+    ({"stream": None}, "bad_header"),
+])
+def test_rejects_each_bad_header_field(change, reason):
+    with pytest.raises(WireError) as info:
+        decode(with_header(encode(make_frame()), **change))
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("part_change, reason", [
+    ({"format": "rgb48"}, "bad_format"),
+    ({"shape": [48, 64]}, "bad_shape"),          # bgr8 needs 3 dimensions
+    ({"shape": [48, 64, 4]}, "bad_shape"),       # bgr8 has 3 channels
+    ({"shape": [0, 64, 3]}, "bad_shape"),
+    ({"shape": [48, 32, 3]}, "size_mismatch"),   # shape × dtype disagrees with the buffer
+    ({"format": "gray16", "shape": [48, 64]}, "size_mismatch"),
+    ({"name": 3}, "bad_header"),
+])
+def test_rejects_each_bad_part_description(part_change, reason):
+    parts = encode(make_frame())
+    header = header_of(parts)
+    header["parts"][0].update(part_change)
+    with pytest.raises(WireError) as info:
+        decode(with_header(parts, parts=header["parts"]))
+    assert info.value.reason == reason
+
+
+def test_rejects_missing_buffer_not_json_and_oversized():
+    parts = [bytes(p) for p in encode(make_frame())]
+    with pytest.raises(WireError, match="part_count"):
+        decode(parts[:-1])
+    with pytest.raises(WireError, match="bad_header"):
+        decode([b"\x80not json", *parts[1:]])
+    with pytest.raises(WireError, match="oversized"):
+        decode(parts, max_message_bytes=1000)
+    with pytest.raises(WireError, match="empty"):
+        decode([])
+
+
+def test_receiver_counts_and_drops_malformed_messages_then_keeps_working(endpoint):
+    receiver = Receiver(endpoint, lossless=True, stamp="fuse_in", max_message_bytes=200_000)
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(endpoint)
+    try:
+        push.send_multipart([b"garbage"])
+        push.send_multipart(with_header(encode(make_frame()), version=99))
+        push.send_multipart([bytes(p) for p in encode(make_frame(image=np.zeros((400, 400, 3), np.uint8)))])
+        push.send_multipart([bytes(p) for p in encode(make_frame(seq=8))])
+        received = [receiver.recv(1000) for _ in range(4)]
+    finally:
+        push.close()
+        receiver.close()
+    frames = [m for m in received if m is not None]
+    assert [f.seq for f in frames] == [8]
+    assert "fuse_in" in frames[0].stamps
+    assert receiver.drops == {"malformed:bad_header": 1, "malformed:bad_version": 1, "malformed:oversized": 1}
+    assert "version 99" in receiver.last_error or "oversized" in receiver.last_error
+
+
+def test_live_receiver_keeps_only_the_newest_frames_and_counts_the_rest(endpoint):
+    receiver = Receiver(endpoint, lossless=False, queue_size=2, high_water_mark=100)
+    sender = Sender(endpoint, lossless=False, high_water_mark=100)
+    try:
+        for seq in range(10):
+            assert sender.send(make_frame(seq=seq))
+        sender.send_eos(EndOfStream("visible"))
+        first = receiver.recv(2000)
+        time.sleep(0.2)  # let the rest arrive
+        rest = []
+        while (message := receiver.recv(100)) is not None:
+            rest.append(message)
+    finally:
+        sender.close()
+        receiver.close()
+    seqs = [first.seq] + [m.seq for m in rest if isinstance(m, Frame)]
+    assert seqs == sorted(seqs) and seqs[-1] == 9
+    assert isinstance(rest[-1], EndOfStream), "end-of-stream is never dropped"
+    assert receiver.drops["queue_full_drop_oldest"] == 10 - len(seqs)
+    assert receiver.drops["queue_full_drop_oldest"] > 0
+
+
+def test_live_sender_drops_and_counts_when_nobody_reads(endpoint):
+    receiver = Receiver(endpoint, lossless=True, high_water_mark=1)
+    sender = Sender(endpoint, lossless=False, high_water_mark=1)
+    try:
+        results = [sender.send(make_frame(seq=i)) for i in range(20)]
+    finally:
+        sender.close()
+        receiver.close()
+    assert not all(results)
+    assert sender.drops["send_queue_full"] == results.count(False)
+
+
+def test_tcp_link_carries_frames(tmp_path):
+    receiver = Receiver("tcp://127.0.0.1:*", lossless=True)
+    address = receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+    sender = Sender(address, lossless=True)
+    try:
+        sender.send(make_frame(seq=3))
+        message = receiver.recv(2000)
+    finally:
+        sender.close()
+        receiver.close()
+    assert message.seq == 3 and message.stamps.keys() >= {"capture", "sent", "received"}
