@@ -17,11 +17,17 @@ ENGINES: dict[str, str] = {
 
 
 def create_engine(name: str, **options) -> Engine:
-    """Build the engine called `name`; SkyfuseError for an unknown name or bad options."""
-    if name not in ENGINES:
-        raise SkyfuseError(f"unknown engine {name!r}; choose from {', '.join(sorted(ENGINES))}")
-    module_name, factory_name = ENGINES[name].split(":")
-    factory = getattr(importlib.import_module(module_name), factory_name)
+    """Build the engine called `name`, or a plugin named "package.module:Factory" (an Engine subclass
+    or function importable on PYTHONPATH); SkyfuseError for an unknown name or bad options."""
+    target = ENGINES.get(name) or (name if ":" in name else None)
+    if target is None:
+        raise SkyfuseError(f"unknown engine {name!r}; choose from {', '.join(sorted(ENGINES))} "
+                           "or give a plugin as module:Factory")
+    module_name, _, factory_name = target.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as exc:
+        raise SkyfuseError(f"engine {name!r} cannot be loaded: {exc}") from None
     try:
         return factory(**options)
     except (TypeError, ValueError) as exc:

@@ -1,0 +1,327 @@
+"""`skyfuse run`: start every stage as its own process, supervise them, stop them in order.
+
+The launcher wires capture(visible) + capture(thermal) -> fuse -> sink over ipc (or loopback tcp) and
+watches the processes. A stage that exits with an error is reported with its exit reason and the others
+are shut down in order; Ctrl-C or SIGTERM stops the captures first so the end-of-stream travels down
+the pipeline and the recording is finalised. Each stage runs with a parent-death signal, so a launcher
+killed outright leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import SkyfuseError
+from .stage import MODES, die_with_parent
+
+STARTUP_MARGIN_S = 2.0  # live mode: media time 0 lies this far after launch, so all stages are up
+
+
+@dataclass
+class RunConfig:
+    """Everything `skyfuse run` needs; YAML keys and command-line flags share these names."""
+
+    visible: str = "synthetic"
+    thermal: str = "synthetic"
+    output: str = "out/run/fused.mp4"
+    stats: str | None = None  # default: stats.json beside the recording
+    engine: str = "pyramid"
+    engine_options: dict = field(default_factory=dict)
+    mode: str = "live"
+    pace: str | None = None  # native | max (default: native in live mode, max in lossless)
+    frames: int | None = None  # stop each capture after this many frames
+    fps: float | None = None  # frame rate for sources without one
+    calibration: str | None = None
+    time_offset: float | None = None
+    pairing: str | None = None
+    window: float | None = None
+    max_reuse: int | None = None
+    size: str | None = None
+    batch: int = 1
+    hud: bool = True
+    pip: bool = True
+    colormap: bool = False
+    live_view: int | None = None  # port; 0 picks a free one
+    transport: str = "ipc"  # ipc | tcp (loopback)
+    allow_unequal_length: bool = False
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise SkyfuseError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.transport not in ("ipc", "tcp"):
+            raise SkyfuseError(f"transport must be ipc or tcp, got {self.transport!r}")
+        if Path(self.output).suffix.lower() not in (".mp4", ".mkv"):
+            raise SkyfuseError(f"cannot record to {self.output}: use a .mp4 or .mkv file name")
+
+    @property
+    def stats_path(self) -> Path:
+        return Path(self.stats) if self.stats else Path(self.output).with_name("stats.json")
+
+
+def load_config(path: str | None, overrides: dict) -> RunConfig:
+    """A RunConfig from a YAML file (optional) with command-line overrides applied on top."""
+    values: dict = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise SkyfuseError(f"config file not found: {path}") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise SkyfuseError(f"config file {path} is not readable YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise SkyfuseError(f"config file {path} must hold a mapping of options")
+        known = {f.name for f in fields(RunConfig)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise SkyfuseError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RunConfig(**values)
+    except TypeError as exc:
+        raise SkyfuseError(f"bad configuration: {exc}") from None
+
+
+@dataclass
+class StageProcess:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline", *self.argv],
+                                        start_new_session=True, preexec_fn=die_with_parent)
+
+    def exit_reason(self) -> str:
+        code = self.process.returncode
+        if code is None:
+            return "running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return "finished" if code == 0 else f"exited with code {code}"
+
+    def signal(self, signum: int) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+
+class Launcher:
+    """Builds the stage command lines from a RunConfig, runs and supervises them."""
+
+    def __init__(self, config: RunConfig, run_dir: Path):
+        self.config, self.run_dir = config, run_dir
+        self.stop_requested = threading.Event()
+        self.stages = self._plan()
+
+    def _endpoints(self) -> dict[str, str]:
+        if self.config.transport == "ipc":
+            return {name: f"ipc://{self.run_dir}/{name}" for name in ("visible", "thermal", "sink")}
+        ports = _free_tcp_ports(3)
+        return {name: f"tcp://127.0.0.1:{port}" for name, port in zip(("visible", "thermal", "sink"), ports)}
+
+    def _plan(self) -> list[StageProcess]:
+        c, ends = self.config, self._endpoints()
+        mode = ["--mode", c.mode]
+        epoch = time.monotonic_ns() + int(STARTUP_MARGIN_S * 1e9)
+        captures = []
+        for stream, source in (("visible", c.visible), ("thermal", c.thermal)):
+            argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode,
+                    "--epoch-ns", str(epoch)]
+            argv += _flags(pace=c.pace, frames=c.frames, fps=c.fps)
+            captures.append(StageProcess(f"capture.{stream}", argv))
+        fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
+                "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
+        fuse += _flags(calibration=self._calibration(), time_offset=c.time_offset, pairing=c.pairing,
+                       window=c.window, max_reuse=c.max_reuse, size=c.size)
+        if c.engine_options:
+            fuse += ["--engine-options", ",".join(f"{k}={v}" for k, v in c.engine_options.items())]
+        if not c.pip:
+            fuse.append("--no-thumbnails")
+        sink = ["sink", "--input", ends["sink"], "--output", c.output, "--stats", str(c.stats_path), *mode]
+        sink += _flags(live_view=c.live_view)
+        sink += [flag for flag, on in (("--no-hud", not c.hud), ("--no-pip", not c.pip),
+                                       ("--colormap", c.colormap)) if on]
+        # Receivers first: the sink, then the fuse stage, then the captures that feed it.
+        return [StageProcess("sink", sink), StageProcess("fuse", fuse), *captures]
+
+    def _calibration(self) -> str | None:
+        """The rig file to use: the given one, else the synthetic flight's known mapping."""
+        if self.config.calibration:
+            return self.config.calibration
+        if self.config.visible.startswith("synthetic") and self.config.thermal.startswith("synthetic"):
+            from .sources import synthetic_flight_config
+            from .synthetic import SyntheticFlight
+
+            path = self.run_dir / "rig.synthetic.json"
+            SyntheticFlight(synthetic_flight_config(self.config.visible)).rig().save(path)
+            return str(path)
+        return None
+
+    def run(self) -> int:
+        """Start all stages and wait; returns the exit code for `skyfuse run`."""
+        for stage in self.stages:
+            stage.start()
+        failed: StageProcess | None = None
+        while True:
+            if self.stop_requested.is_set():
+                break
+            for stage in self.stages:
+                if stage.process.poll() not in (None, 0):
+                    failed = stage
+                    break
+            if failed or all(s.process.poll() is not None for s in self.stages):
+                break
+            time.sleep(0.1)
+        if failed:
+            print(f"skyfuse run: error: stage {failed.name} {failed.exit_reason()}; stopping the others",
+                  file=sys.stderr)
+        self.shutdown()
+        if failed:
+            return 1
+        crashed = [s for s in self.stages if s.process.returncode not in (0, -signal.SIGTERM)]
+        for stage in crashed:
+            print(f"skyfuse run: stage {stage.name} {stage.exit_reason()}", file=sys.stderr)
+        return 130 if self.stop_requested.is_set() else (1 if crashed else 0)
+
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        """Stop captures first so end-of-stream flows downstream; escalate to SIGKILL only if needed."""
+        captures = [s for s in self.stages if s.name.startswith("capture")]
+        downstream = [s for s in self.stages if not s.name.startswith("capture")]
+        for group, wait_s in ((captures, 3.0), (downstream[::-1], grace_s)):
+            for stage in group:
+                stage.signal(signal.SIGTERM)
+            # Downstream stages finish by themselves once end-of-stream arrives; give them the time.
+            _wait_all(group, wait_s)
+        for stage in self.stages:
+            if stage.process.poll() is None:
+                print(f"skyfuse run: stage {stage.name} did not stop; killing it", file=sys.stderr)
+                stage.signal(signal.SIGKILL)
+                stage.process.wait()
+
+
+def _wait_all(stages: list[StageProcess], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for stage in stages:
+        try:
+            stage.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _flags(**options) -> list[str]:
+    argv = []
+    for key, value in options.items():
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def _free_tcp_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def print_summary(stats_path: Path) -> None:
+    """The end-of-run table: per-stage frames, fps, latency percentiles and drops."""
+    try:
+        report = json.loads(stats_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        print(f"skyfuse run: no statistics were written ({stats_path})", file=sys.stderr)
+        return
+    print(f"\nrecorded {report['frames_recorded']} frames at {report['fps_recorded']:g} fps "
+          f"-> {report['output']}")
+    print(f"{'stage':<16}{'frames':>8}{'fps':>8}{'drops':>8}")
+    for name, stage in report["stages"].items():
+        print(f"{name:<16}{stage.get('frames', 0):>8}{stage.get('fps', 0):>8.1f}"
+              f"{sum(stage.get('drops', {}).values()):>8}")
+    sink = report["stages"].get("sink", {}).get("latency", {})
+    if sink:
+        print(f"\n{'latency (ms)':<18}{'p50':>8}{'p95':>8}{'p99':>8}")
+        for hop, values in sink.items():
+            if values.get("count"):
+                print(f"{hop:<18}{values['p50_ms']:>8.1f}{values['p95_ms']:>8.1f}{values['p99_ms']:>8.1f}")
+    if report["drops"]:
+        print("\ndrops: " + ", ".join(f"{k} {v}" for k, v in sorted(report["drops"].items()) if v))
+    print(f"statistics: {stats_path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skyfuse run", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML file with any of the options below (flags override it)")
+    parser.add_argument("--visible", help="visible source: synthetic, video, folder, glob, CSV, camera, URL")
+    parser.add_argument("--thermal", help="thermal source (same kinds)")
+    parser.add_argument("--output", help="recording (.mp4 fragmented, or .mkv)")
+    parser.add_argument("--stats", help="statistics JSON (default: stats.json beside the recording)")
+    parser.add_argument("--engine", help="fusion engine (blend, pyramid, ...)")
+    parser.add_argument("--mode", choices=MODES, help="live (default) or lossless")
+    parser.add_argument("--pace", choices=("native", "max"),
+                        help="replay rate of files and the synthetic flight")
+    parser.add_argument("--frames", type=int, help="stop each capture after this many frames")
+    parser.add_argument("--calibration", help="rig JSON from `skyfuse calibrate`")
+    parser.add_argument("--time-offset", type=float, help="seconds added to thermal times")
+    parser.add_argument("--batch", type=int, help="pairs fused per engine call")
+    parser.add_argument("--live-view", type=int, metavar="PORT", help="MJPEG live view port on 127.0.0.1")
+    parser.add_argument("--transport", choices=("ipc", "tcp"), help="links between stages (default ipc)")
+    parser.add_argument("--allow-unequal-length", action="store_true", default=None,
+                        help="accept file sequences of different lengths at the same frame rate")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = vars(build_parser().parse_args(argv))
+    config = load_config(args.pop("config"), args)
+    check_sources(config)
+    Path(config.output).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="skyfuse-") as run_dir:
+        launcher = Launcher(config, Path(run_dir))
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: launcher.stop_requested.set())
+        print(f"skyfuse run: {config.mode} mode, engine {config.engine}, recording to {config.output} "
+              f"(pid {os.getpid()}; Ctrl-C stops and finalises)", file=sys.stderr)
+        code = launcher.run()
+    print_summary(config.stats_path)
+    return code
+
+
+def check_sources(config: RunConfig) -> None:
+    """Open both sources once to fail early with a clear message, and refuse file sequences whose lengths
+    differ at one frame rate (they cannot cover the same time span)."""
+    from .sources import open_source
+
+    counts = {}
+    for stream in ("visible", "thermal"):
+        if getattr(config, stream).startswith("synthetic"):
+            continue  # always valid, and building its world takes a moment
+        source = open_source(getattr(config, stream), stream, fps=config.fps, frames=config.frames)
+        try:
+            if source.frame_count is not None and not source.live:
+                counts[stream] = (source.frame_count, source.fps)
+        finally:
+            source.close()
+    if len(counts) == 2 and not config.allow_unequal_length:
+        (nv, fv), (nt, ft) = counts["visible"], counts["thermal"]
+        if nv != nt and abs(fv - ft) < 1e-6:
+            raise SkyfuseError(f"the visible sequence has {nv} frames and the thermal one {nt} at the same "
+                               f"{fv:g} fps: they cannot cover the same time; trim them, pair them with a "
+                               "CSV (pairs.csv#visible, pairs.csv#thermal) or pass --allow-unequal-length")
+

@@ -1,0 +1,196 @@
+"""The sink stage: overlay the HUD, record the fused video at the source frame rate, serve a live view.
+
+Port: `input` (bound; the fuse stage connects). Each fused frame's capture time fixes its slot on the
+source frame-rate grid, so the recording plays at the source rate and a dropped frame leaves a gap instead
+of speeding the video up. A JSON-lines sidecar gets one record per recorded frame (sequence numbers,
+capture times, per-hop latencies); `stats.json` gets every stage's statistics at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SkyfuseError
+from .frame import EndOfStream, Frame, wall_ns
+from .hud import HudInfo, draw_hud, picture_in_picture, thermal_colormap
+from .liveview import LiveView
+from .recorder import Recorder, Sidecar
+from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
+from .stats import StageStats
+from .wire import Receiver
+
+# Latency of each hop, from the stamps a frame collects on its way: (name, from stamp, to stamp).
+HOPS = (("capture_to_fuse", "capture", "fuse_in"), ("wait_in_fuse", "fuse_in", "engine_start"),
+        ("engine", "engine_start", "engine_end"), ("fuse_to_sink", "engine_end", "sink_in"),
+        ("sink", "sink_in", "recorded"), ("end_to_end", "capture", "recorded"))
+
+
+class SinkStage:
+    name = "sink"
+
+    def __init__(self, port: Receiver, *, output: Path, sidecar: Path | None, stats_path: Path | None,
+                 hud: bool = True, pip: bool = True, colormap: bool = False,
+                 live_view: LiveView | None = None, progress_s: float = 1.0):
+        self.port, self.output, self.stats_path = port, output, stats_path
+        self.sidecar = Sidecar(sidecar) if sidecar else None
+        self.hud, self.pip, self.colormap, self.live_view = hud, pip, colormap, live_view
+        self.recorder: Recorder | None = None
+        self.stats = StageStats(self.name)
+        self.upstream: dict[str, dict] = {}
+        self.drops: dict[str, int] = {}
+        self.first_capture_ns: int | None = None
+        self.fps = 30.0
+        self.recent: deque[float] = deque(maxlen=60)  # monotonic times of recent frames, for the HUD fps
+        self.progress_s, self.next_progress = progress_s, time.monotonic() + progress_s
+        self.ended = False
+
+    def run(self, stop) -> dict:
+        """Record until end-of-stream or `stop`; the recording is finalised in every case."""
+        try:
+            while not stop.is_set() and not self.ended:
+                message = self.port.recv(100)
+                if isinstance(message, EndOfStream):
+                    self.upstream.update(message.meta.get("stats", {}))
+                    self.ended = True
+                elif message is not None:
+                    self._record(message)
+                self._report_progress()
+        finally:
+            self._finish()
+        return self.summary()
+
+    def _record(self, frame: Frame) -> None:
+        fps = frame.meta.get("fps")
+        if self.recorder is None:
+            if isinstance(fps, (int, float)) and fps > 0:
+                self.fps = float(fps)
+            height, width = frame.image.shape[:2]
+            self.recorder = Recorder(self.output, self.fps, (width, height))
+            self.first_capture_ns = frame.capture_ns
+        image = self._compose(frame)
+        slot = round((frame.capture_ns - self.first_capture_ns) * self.fps / 1e9)
+        if self.recorder.last_slot is not None:
+            slot = max(slot, self.recorder.last_slot + 1)  # capture jitter must not cost a frame
+        self.recorder.write(image, slot)
+        frame.stamp("recorded")
+        self.stats.count_frame()
+        self.recent.append(time.monotonic())
+        latencies = {name: (frame.stamps[b] - frame.stamps[a]) / 1e6
+                     for name, a, b in HOPS if a in frame.stamps and b in frame.stamps}
+        for name, ms in latencies.items():
+            self.stats.add_latency(name, ms)
+        self.drops = frame.meta.get("drops", self.drops)
+        if self.sidecar:
+            self.sidecar.write({"seq": frame.seq, "slot": slot, "capture_ns": frame.capture_ns,
+                                "capture_wall_ns": frame.stamps.get("capture"),
+                                "thermal": {k: v for k, v in frame.meta.get("thermal", {}).items()
+                                            if k != "stamps"},
+                                "latency_ms": {k: round(v, 3) for k, v in latencies.items()},
+                                "drops": self._total_drops()})
+        if self.live_view:
+            self.live_view.publish(image, self._live_stats(latencies))
+
+    def _compose(self, frame: Frame) -> np.ndarray:
+        image = np.array(frame.image)  # the received buffer is read-only
+        if self.pip and frame.extras:
+            thumbs = [frame.extras[k] for k in ("visible", "thermal") if k in frame.extras]
+            if self.colormap and "thermal" in frame.extras:
+                thumbs[-1] = thermal_colormap(frame.extras["thermal"])
+            image = picture_in_picture(image, thumbs)
+        if self.hud:
+            latency = (wall_ns() - frame.stamps.get("capture", wall_ns())) / 1e6
+            draw_hud(image, HudInfo(fps=self._recent_fps(), latency_ms=latency, drops=self._total_drops(),
+                                    engine=str(frame.meta.get("engine", "?")),
+                                    capture_wall_ns=frame.stamps.get("capture")))
+        return image
+
+    def _recent_fps(self) -> float:
+        if len(self.recent) < 2 or self.recent[-1] == self.recent[0]:
+            return 0.0
+        return (len(self.recent) - 1) / (self.recent[-1] - self.recent[0])
+
+    def _total_drops(self) -> int:
+        return sum(self.drops.values()) + sum(self.port.drops.values())
+
+    def _live_stats(self, latencies: dict[str, float]) -> dict:
+        return {"frames": self.stats.frames, "fps": round(self._recent_fps(), 2),
+                "latency_ms": {k: round(v, 2) for k, v in latencies.items()}, "drops": self._total_drops()}
+
+    def _report_progress(self) -> None:
+        if self.progress_s <= 0 or time.monotonic() < self.next_progress:
+            return
+        self.next_progress = time.monotonic() + self.progress_s
+        e2e = self.stats.latency.get("end_to_end")
+        p50 = e2e.summary().get("p50_ms", 0) if e2e else 0
+        log(self.name, f"{self.stats.frames} frames recorded | {self._recent_fps():.1f} fps | "
+                       f"latency p50 {p50:.0f} ms | drops {self._total_drops()}")
+
+    def _finish(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.sidecar:
+            self.sidecar.close()
+        if self.live_view:
+            self.live_view.close()
+        if self.stats_path:
+            self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+            self.stats_path.write_text(json.dumps(self.report(), indent=2) + "\n")
+
+    def summary(self) -> dict:
+        summary = self.stats.summary()
+        summary["drops"] = dict(self.port.drops)
+        return summary
+
+    def report(self) -> dict:
+        """Everything `stats.json` holds: the run, every stage, every drop by stage and reason."""
+        drops = {**self.drops, **{f"{self.name}:{k}": v for k, v in self.port.drops.items()}}
+        for stage, stats in self.upstream.items():  # final counts from end-of-stream beat per-frame ones
+            drops.update({f"{stage}:{k}": v for k, v in stats.get("drops", {}).items()})
+        return {"output": str(self.output), "frames_recorded": self.stats.frames, "fps_recorded": self.fps,
+                "complete": self.ended, "stages": {**self.upstream, self.name: self.summary()},
+                "drops": drops, "drops_total": sum(drops.values())}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="skyfuse sink", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="endpoint to listen on for fused frames")
+    parser.add_argument("--output", required=True, type=Path, help="recording, .mp4 (fragmented) or .mkv")
+    parser.add_argument("--sidecar", type=Path, default=None,
+                        help="per-frame JSON lines (default: the recording's name + .frames.jsonl)")
+    parser.add_argument("--stats", type=Path, default=None, help="write run statistics JSON here")
+    add_mode_argument(parser)
+    parser.add_argument("--no-hud", action="store_true", help="record without the HUD overlay")
+    parser.add_argument("--no-pip", action="store_true", help="no picture-in-picture of the inputs")
+    parser.add_argument("--colormap", action="store_true", help="show the thermal input in false colour")
+    parser.add_argument("--live-view", type=int, default=None, metavar="PORT",
+                        help="serve an MJPEG live view on http://127.0.0.1:PORT (0 picks a free port)")
+    parser.add_argument("--live-view-host", default="127.0.0.1", help="address the live view listens on")
+    parser.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
+    args = parser.parse_args(argv)
+    die_with_parent()
+    stop = stop_on_signals()
+    if args.output.suffix.lower() not in (".mp4", ".mkv"):
+        raise SkyfuseError(f"cannot record to {args.output}: use a .mp4 or .mkv file name")
+    live_view = None
+    if args.live_view is not None:
+        live_view = LiveView(host=args.live_view_host, port=args.live_view)
+        log("sink", f"live view on {live_view.url}")
+    sidecar = args.sidecar or args.output.with_name(args.output.name + ".frames.jsonl")
+    port = Receiver(args.input, lossless=args.mode == "lossless", stamp="sink_in", queue_size=2)
+    try:
+        stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,
+                          hud=not args.no_hud, pip=not args.no_pip, colormap=args.colormap,
+                          live_view=live_view, progress_s=args.progress)
+        summary = stage.run(stop)
+    finally:
+        port.close()
+    log("sink", f"recorded {summary['frames']} frames to {args.output}")
+    sys.stdout.flush()
+    return 0
