@@ -179,7 +179,9 @@ def ms_ssim(x: np.ndarray, y: np.ndarray) -> float:
         raise SkyfuseError(f"MS-SSIM needs images of at least {MS_SSIM_WINDOW}x{MS_SSIM_WINDOW} pixels, "
                            f"got {x.shape[1]}x{x.shape[0]}")
     kernel = gaussian_kernel_1d(MS_SSIM_WINDOW, MS_SSIM_SIGMA)
-    weights = np.array(MS_SSIM_WEIGHTS[:scales]) / sum(MS_SSIM_WEIGHTS[:scales])
+    weights = np.array(MS_SSIM_WEIGHTS[:scales])
+    if scales < len(MS_SSIM_WEIGHTS):  # the paper's 5 weights sum to 1.0001; keep them as published
+        weights /= weights.sum()
     terms = []
     for scale in range(scales):
         mx, my, var_x, var_y, cov = _local_moments(x, y, kernel)
