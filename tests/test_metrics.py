@@ -138,6 +138,11 @@ def test_bad_fusion_inputs_are_rejected():
         fusion_metrics(image, image, image, ["EN", "NIQE"])
     with pytest.raises(SkyfuseError, match="0..255"):
         fusion_metrics(image, image, image.astype(np.float64) * 2)
+    with pytest.raises(SkyfuseError, match="0..255"):
+        fusion_metrics(np.dstack([image] * 3) - 1.0, image, image)
+    for shape in [(0, 5), (8, 8, 4)]:
+        with pytest.raises(SkyfuseError, match="expected a non-empty gray"):
+            fusion_metrics(np.zeros(shape, np.uint8), image, image)
     with pytest.raises(SkyfuseError, match="VIF needs"):
         fusion_metrics(*(image[:30, :30],) * 3, ["VIF"])
 

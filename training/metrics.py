@@ -57,15 +57,14 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] == 3:
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)) or image.size == 0:
+        raise SkyfuseError(f"expected a non-empty gray (H, W) or BGR (H, W, 3) image, got {image.shape}")
+    if image.dtype != np.uint8 and not (np.isfinite(image).all() and image.min() >= 0 and image.max() <= 255):
+        raise SkyfuseError("image values must be finite and within 0..255 (metrics use the 8-bit scale)")
+    if image.ndim == 3:
         gray = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_BGR2GRAY)
         return np.round(gray).astype(np.float64)
-    if image.ndim != 2:
-        raise SkyfuseError(f"expected a gray (H, W) or BGR (H, W, 3) image, got shape {image.shape}")
-    gray = image.astype(np.float64)
-    if image.dtype != np.uint8 and (not np.isfinite(gray).all() or gray.min() < 0 or gray.max() > 255):
-        raise SkyfuseError("image values must be finite and within 0..255 (metrics use the 8-bit scale)")
-    return gray
+    return image.astype(np.float64)
 
 
 def load_gray(path: str | Path, label: str = "image") -> np.ndarray:
