@@ -1,0 +1,126 @@
+"""Live view: what a browser on the ground station gets from the HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.errors import SkyfuseError
+from pipeline.liveview import BOUNDARY, LiveView, LiveViewConfig
+
+SHAPE = (64, 96, 3)
+
+
+def frame(i: int) -> np.ndarray:
+    image = np.zeros(SHAPE, np.uint8)
+    image[:, :, 2] = 200  # red
+    image[:8, : (i % 96) + 1] = 255
+    return image
+
+
+@pytest.fixture
+def view():
+    live = LiveView(port=0, config=LiveViewConfig(max_fps=50))
+    stop = threading.Event()
+
+    def publish():  # stands in for the sink: frames at 100 Hz
+        i = 0
+        while not stop.wait(0.01):
+            live.publish(frame(i), {"frames": i, "fps": np.float32(29.5)})
+            i += 1
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    yield live
+    stop.set()
+    publisher.join()
+    live.close()
+
+
+def get(url: str) -> tuple[str, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.headers["Content-Type"], response.read()
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_snapshot_is_a_jpeg_of_the_published_frame(view):
+    content_type, body = get(view.url + "snapshot.jpg")
+    assert content_type == "image/jpeg"
+    image = decode(body)
+    assert image.shape == SHAPE
+    assert abs(int(image[40:, :, 2].mean()) - 200) < 10 and image[40:, :, :2].mean() < 10
+
+
+def test_stream_sends_successive_jpeg_parts(view):
+    with urllib.request.urlopen(view.url + "stream.mjpg", timeout=5) as response:
+        assert response.headers["Content-Type"] == f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+        parts = []
+        for _ in range(3):
+            assert response.readline() == f"--{BOUNDARY}\r\n".encode()
+            headers = {}
+            while (line := response.readline()) != b"\r\n":
+                key, value = line.decode().split(":", 1)
+                headers[key.strip().lower()] = value.strip()
+            assert headers["content-type"] == "image/jpeg"
+            parts.append(response.read(int(headers["content-length"])))
+            assert response.read(2) == b"\r\n"
+    images = [decode(part) for part in parts]
+    assert all(image.shape == SHAPE for image in images)
+    assert len(set(parts)) == 3  # each part is a newer frame
+
+
+def test_stats_json_and_page(view):
+    time.sleep(0.05)  # the publisher has published at least once
+    content_type, body = get(view.url + "stats.json")
+    assert content_type == "application/json"
+    stats = json.loads(body)
+    assert stats["fps"] == 29.5 and stats["frames"] >= 0
+    content_type, page = get(view.url)
+    assert content_type.startswith("text/html") and b"/stream.mjpg" in page and b"/stats.json" in page
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        get(view.url + "nothing")
+
+
+def test_nothing_is_encoded_without_viewers_and_rate_is_capped():
+    with LiveView(port=0, config=LiveViewConfig(max_fps=5, snapshot_wait_s=0.2)) as live:
+        for i in range(20):
+            live.publish(frame(i), {})
+        assert live.next_jpeg(0, timeout_s=0.1) == (0, None)  # nobody watching: no JPEG work
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            get(live.url + "snapshot.jpg")  # nothing published since the request
+        started = time.monotonic()
+        for i in range(50):  # a snapshot was asked for: encoding runs for a while
+            live.publish(frame(i), {})
+            time.sleep(0.002)
+        encoded, _ = live.next_jpeg(0, timeout_s=0.5)
+        assert 1 <= encoded <= 1 + (time.monotonic() - started) * 5
+
+
+def test_port_in_use_and_close_frees_it():
+    first = LiveView(port=0)
+    with pytest.raises(SkyfuseError, match=f"cannot serve the live view on 127.0.0.1:{first.port}"):
+        LiveView(port=first.port)
+    first.close()
+    with pytest.raises(urllib.error.URLError):
+        get(first.url + "stats.json")
+    second = LiveView(port=first.port)  # the port is free again
+    assert second.port == first.port
+    second.close()
+
+
+def test_close_ends_open_streams(view):
+    response = urllib.request.urlopen(view.url + "stream.mjpg", timeout=5)
+    assert response.readline() == f"--{BOUNDARY}\r\n".encode()
+    view.close()
+    response.read()  # returns at the end of the response; a stream left hanging would time out
+    response.close()
