@@ -13,6 +13,11 @@ from .base import Engine
 ENGINES: dict[str, str] = {
     "blend": "engines.classical:BlendEngine",
     "pyramid": "engines.classical:PyramidEngine",
+    "onnxruntime": "engines.onnxruntime_backend:create_onnxruntime_engine",
+    "torch": "engines.torch_backend:create_torch_engine",
+    "torch-cuda": "engines.torch_cuda:create_torch_cuda_engine",
+    "tensorrt": "engines.tensorrt_runtime:create_tensorrt_engine",
+    "auto": "engines.auto:create_auto_engine",
 }
 
 

@@ -1,0 +1,79 @@
+"""Networks by name for the learned engines, and the facts about them that travel inside ONNX files.
+
+Every exported graph carries its model name, precision and geometry (size multiple, fixed size) as ONNX
+metadata, so an engine built from a file alone knows how to pad the frames it is given.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import onnx
+
+from pipeline.errors import SkyfuseError
+
+from .learned import Geometry
+
+META_MODEL = "skyfuse.model"
+META_PRECISION = "skyfuse.precision"
+META_SIZE_MULTIPLE = "skyfuse.size_multiple"
+META_FIXED_SIZE = "skyfuse.fixed_size"  # "HxW", or "" when H and W are dynamic
+
+
+def load_network(model: str, weights: str | None = None, overrides: dict | None = None):
+    """The network `model` in eval mode (engines.networks.build_network); SkyfuseError when unknown."""
+    try:
+        from engines.networks import build_network
+    except ImportError as exc:
+        raise SkyfuseError(f"the networks package is not available in this install ({exc})") from None
+    try:
+        network = build_network(model, config_overrides=overrides, weights=weights)
+    except SkyfuseError:
+        raise
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise SkyfuseError(f"model {model!r}: {exc}") from None
+    return network.eval()
+
+
+def network_geometry(network) -> Geometry:
+    """Size multiple and fixed size of a network: its attributes `size_multiple` / `fixed_size`, else the
+    constants `SIZE_MULTIPLE` / `DYNAMIC_SIZE` (+ `FIXED_SIZE`) of the module that defines it."""
+    module = sys.modules.get(type(network).__module__)
+    multiple = getattr(network, "size_multiple", None) or getattr(module, "SIZE_MULTIPLE", 1)
+    fixed = getattr(network, "fixed_size", None)
+    if fixed is None and not getattr(module, "DYNAMIC_SIZE", True):
+        fixed = getattr(module, "FIXED_SIZE", None)
+        if fixed is None:
+            raise SkyfuseError(f"{type(network).__name__} has a fixed input size but does not say which "
+                               "(FIXED_SIZE = (H, W) in its module)")
+    return Geometry(int(multiple), tuple(int(v) for v in fixed) if fixed else None)
+
+
+def load_graph(path, load_weights: bool = True) -> onnx.ModelProto:
+    """The ONNX graph in `path`; SkyfuseError when it is missing or not an ONNX file."""
+    try:
+        return onnx.load(str(path), load_external_data=load_weights)
+    except FileNotFoundError:
+        raise SkyfuseError(f"ONNX file not found: {path}") from None
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise SkyfuseError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+
+
+def write_metadata(model: onnx.ModelProto, name: str, precision: str, geometry: Geometry) -> None:
+    fixed = f"{geometry.fixed_size[0]}x{geometry.fixed_size[1]}" if geometry.fixed_size else ""
+    values = {META_MODEL: name, META_PRECISION: precision,
+              META_SIZE_MULTIPLE: str(geometry.size_multiple), META_FIXED_SIZE: fixed}
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(model: onnx.ModelProto) -> tuple[str, str, Geometry]:
+    """(model name, precision, geometry) of a graph; graphs from elsewhere get ("", "fp32", multiple 1)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    fixed = props.get(META_FIXED_SIZE, "")
+    size = tuple(int(v) for v in fixed.split("x")) if fixed else None
+    geometry = Geometry(int(props.get(META_SIZE_MULTIPLE, 1)), size)
+    return props.get(META_MODEL, ""), props.get(META_PRECISION, "fp32"), geometry
