@@ -153,6 +153,7 @@ class Recorder:
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = 1 / self.rate  # pts counts slots
         stream.codec_context.thread_count = c.threads
+        stream.codec_context.open()  # now, so bad encoder options fail here rather than at the first frame
         return stream
 
     def write(self, image: np.ndarray, slot: int) -> bool:

@@ -98,6 +98,8 @@ def test_bad_paths_and_images_give_clear_errors(tmp_path):
         Recorder(tmp_path / "video.avi", 30, (96, 64))
     with pytest.raises(SkyfuseError, match="frame rate"):
         Recorder(tmp_path / "video.mp4", 0, (96, 64))
+    with pytest.raises(SkyfuseError, match="cannot set up the libx264 encoder"):
+        Recorder(tmp_path / "video.mp4", 30, (96, 64), RecorderConfig(preset="bogus"))
     with Recorder(tmp_path / "video.mp4", 30, (96, 64)) as recorder:
         with pytest.raises(SkyfuseError, match="96x64 uint8"):
             recorder.write(np.zeros((64, 97, 3), np.uint8), 0)
