@@ -44,9 +44,7 @@ def export_network(network, path: str | Path, *, model_name: str, precision: str
 
     if precision not in PRECISIONS:
         raise SkyfuseError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "int8":
-        raise SkyfuseError("int8 export (Q/DQ nodes from calibration frames) is not implemented yet; "
-                           "use fp16 or fp32")
+    _require_implemented(precision)
     low, high = opset_range()
     if not low <= opset <= high:
         raise SkyfuseError(f"opset must be in {low}..{high} for TensorRT, got {opset}")
@@ -78,6 +76,12 @@ def export_network(network, path: str | Path, *, model_name: str, precision: str
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))  # weights inside the one file (these networks are far below 2 GB)
     return model
+
+
+def _require_implemented(precision: str) -> None:
+    if precision == "int8":
+        raise SkyfuseError("int8 export (Q/DQ nodes from calibration frames) is not implemented yet; "
+                           "use fp16 or fp32")
 
 
 def cache_dir() -> Path:
@@ -136,6 +140,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (default {MIN_OPSET})")
     parser.add_argument("--output", required=True, help="ONNX file to write")
     args = parser.parse_args(argv)
+    _require_implemented(args.precision)
 
     network = load_network(args.model, args.weights)
     fp32_path = Path(args.output) if args.precision == "fp32" else Path(args.output).with_suffix(".fp32.onnx")

@@ -6,8 +6,6 @@ metadata, so an engine built from a file alone knows how to pad the frames it is
 
 from __future__ import annotations
 
-import sys
-
 import onnx
 
 from pipeline.errors import SkyfuseError
@@ -36,17 +34,27 @@ def load_network(model: str, weights: str | None = None, overrides: dict | None 
 
 
 def network_geometry(network) -> Geometry:
-    """Size multiple and fixed size of a network: its attributes `size_multiple` / `fixed_size`, else the
-    constants `SIZE_MULTIPLE` / `DYNAMIC_SIZE` (+ `FIXED_SIZE`) of the module that defines it."""
-    module = sys.modules.get(type(network).__module__)
-    multiple = getattr(network, "size_multiple", None) or getattr(module, "SIZE_MULTIPLE", 1)
+    """Size multiple and fixed size (H, W) of a network: its attributes `size_multiple` / `fixed_size`,
+    else its entry in engines.networks.NETWORKS; a network found in neither takes any size."""
+    multiple = getattr(network, "size_multiple", None)
     fixed = getattr(network, "fixed_size", None)
-    if fixed is None and not getattr(module, "DYNAMIC_SIZE", True):
-        fixed = getattr(module, "FIXED_SIZE", None)
-        if fixed is None:
-            raise SkyfuseError(f"{type(network).__name__} has a fixed input size but does not say which "
-                               "(FIXED_SIZE = (H, W) in its module)")
+    if multiple is None:
+        spec = _network_spec(network)
+        if spec is not None and not spec.dynamic_size:
+            raise SkyfuseError(f"{type(network).__name__} has a fixed input size, which the engines do not "
+                               "know; give the network a `fixed_size` (H, W) attribute")
+        multiple = spec.size_multiple if spec is not None else 1
     return Geometry(int(multiple), tuple(int(v) for v in fixed) if fixed else None)
+
+
+def _network_spec(network):
+    try:
+        from engines.networks import NETWORKS
+    except ImportError:
+        return None
+    module = type(network).__module__
+    return next((s for s in NETWORKS.values()
+                 if s.network == type(network).__name__ and module.endswith("." + s.module)), None)
 
 
 def load_graph(path, load_weights: bool = True) -> onnx.ModelProto:

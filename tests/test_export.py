@@ -1,0 +1,155 @@
+"""ONNX export, the TensorRT compatibility check, and the fp16 graph with its parity check, on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import onnx
+import pytest
+from engines_testnet import TinyFusionNet
+from onnx import TensorProto, helper
+
+from engines import export
+from engines.export import export_network, verify_export
+from engines.onnx_check import opset_range, tensorrt_ops, tensorrt_problems
+from engines.precision import check_fp16_parity, convert_fp16_file
+from pipeline.errors import SkyfuseError
+
+NETWORKS = ("skyfuse-rt", "umf-cmgr", "misfit-v", "dae-fuse")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    network = TinyFusionNet().eval()
+    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    export_network(network, path, model_name="tiny")
+    return network, path
+
+
+def test_export_matches_pytorch_at_two_sizes_and_batches_with_dynamic_axes(tiny):
+    network, path = tiny
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["visible", "thermal"]
+    assert [o.name for o in model.graph.output] == ["fused", "registered", "flow"]
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, "height", "width"]
+    assert model.opset_import[0].version >= 17
+    assert verify_export(network, path, [(64, 80), (96, 128)], batch=3) <= 1e-4
+
+
+def test_the_tensorrt_check_accepts_the_exported_graph_and_names_its_source(tiny):
+    assert tensorrt_problems(onnx.load(str(tiny[1]))) == []
+    ops = tensorrt_ops()
+    assert "onnx-tensorrt" in ops["source"] and ops["tensorrt_version"]
+    assert "GridSample" in ops["supported"] and "Conv" in ops["supported"]
+
+
+def _graph(nodes, inputs, outputs, opset=17, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _tensor(name, elem=TensorProto.FLOAT, shape=("n",)):
+    return helper.make_tensor_value_info(name, elem, list(shape))
+
+
+def test_the_tensorrt_check_rejects_unsupported_float64_value_shaped_and_old_opset_graphs():
+    x, y = _tensor("x"), _tensor("y")
+    unsupported = _graph([helper.make_node("Det", ["x"], ["y"])], [_tensor("x", shape=(2, 2))], [y])
+    assert any("Det is not in TensorRT" in p for p in tensorrt_problems(unsupported))
+    custom = _graph([helper.make_node("Warp", ["x"], ["y"], domain="my.ops")], [x], [y])
+    assert any("custom operator my.ops::Warp" in p for p in tensorrt_problems(custom))
+    double = _graph([helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+                     helper.make_node("Cast", ["d"], ["y"], to=TensorProto.FLOAT)], [x], [y])
+    assert any("float64" in p for p in tensorrt_problems(double))
+    double_input = _graph([helper.make_node("Identity", ["x"], ["y"])], [_tensor("x", TensorProto.DOUBLE)],
+                          [_tensor("y", TensorProto.DOUBLE)])
+    assert any("tensor x is float64" in p for p in tensorrt_problems(double_input))
+    nonzero = _graph([helper.make_node("NonZero", ["x"], ["y"])], [x], [_tensor("y", TensorProto.INT64)])
+    assert any("data-dependent" in p for p in tensorrt_problems(nonzero))
+    reshape_by_value = _graph([helper.make_node("Reshape", ["x", "s"], ["y"])],
+                              [x, _tensor("s", TensorProto.INT64, (1,))], [y])
+    assert any("Reshape input 1 comes from tensor values" in p for p in tensorrt_problems(reshape_by_value))
+    by_shape = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    reshape_by_shape = _graph(by_shape, [x], [y])
+    assert tensorrt_problems(reshape_by_shape) == []
+    old = _graph([helper.make_node("Identity", ["x"], ["y"])], [x], [y], opset=opset_range()[0] - 1)
+    assert any("opset" in p for p in tensorrt_problems(old))
+    cubic = _graph([helper.make_node("Resize", ["x", "", "s"], ["y"], mode="cubic")],
+                   [_tensor("x", shape=(1, 1, 4, 4))], [_tensor("y", shape=(1, 1, 8, 8))],
+                   initializers=[helper.make_tensor("s", TensorProto.FLOAT, [4], [1, 1, 2, 2])])
+    assert any("Resize mode 'cubic'" in p for p in tensorrt_problems(cubic))
+
+
+def test_fp16_graph_keeps_float32_io_and_flow_path_and_passes_parity(tiny, tmp_path):
+    _, path = tiny
+    fp16 = convert_fp16_file(path, tmp_path / "tiny16.onnx")
+    io_values = list(fp16.graph.input) + list(fp16.graph.output)
+    assert {v.type.tensor_type.elem_type for v in io_values} == {TensorProto.FLOAT}
+    inits = {t.name: t.data_type for t in fp16.graph.initializer}
+    conv_weights = [inits[n.input[1]] for n in fp16.graph.node if n.op_type == "Conv"]
+    assert conv_weights and set(conv_weights) == {TensorProto.FLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type for v in fp16.graph.value_info}
+    for node in fp16.graph.node:
+        if node.op_type == "GridSample":  # image and sampling grid both float32
+            assert {types.get(name, TensorProto.FLOAT) for name in node.input} == {TensorProto.FLOAT}
+        if node.op_type == "Resize":  # the flow upsampling (flow path)
+            assert types[node.output[0]] == TensorProto.FLOAT
+    assert {p.key: p.value for p in fp16.metadata_props}["skyfuse.precision"] == "fp16"
+    report = check_fp16_parity(path, tmp_path / "tiny16.onnx", [(64, 80), (128, 96)])
+    assert report.passed, str(report)
+    assert 0 < report.max_gray <= 2.0
+
+
+def test_fp16_parity_catches_a_graph_that_overflows_fp16(tmp_path):
+    network = TinyFusionNet(scale=1e5).eval()  # activations x 1e5 overflow fp16 (max 65504)
+    export_network(network, tmp_path / "big.onnx", model_name="big")
+    convert_fp16_file(tmp_path / "big.onnx", tmp_path / "big16.onnx")
+    report = check_fp16_parity(tmp_path / "big.onnx", tmp_path / "big16.onnx", [(32, 32)])
+    assert not report.passed
+
+
+def test_export_command_writes_verified_fp32_and_fp16_graphs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
+    assert export.main(["--model", "tiny", "--output", str(tmp_path / "m.onnx")]) == 0
+    fp16_args = ["--model", "tiny", "--precision", "fp16", "--output", str(tmp_path / "m16.onnx")]
+    assert export.main(fp16_args) == 0
+    out = capsys.readouterr().out
+    assert "ONNX Runtime vs PyTorch" in out and "fused vs fp32" in out
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m16.onnx").is_file()
+
+
+def test_export_command_errors_are_user_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
+    with pytest.raises(SkyfuseError, match="int8"):
+        export.main(["--model", "tiny", "--precision", "int8", "--output", str(tmp_path / "m.onnx")])
+    with pytest.raises(SkyfuseError, match="opset"):
+        export.main(["--model", "tiny", "--opset", "13", "--output", str(tmp_path / "m.onnx")])
+
+
+def _network_names() -> list[str]:
+    """The networks whose modules exist in this checkout (the networks package lands one at a time)."""
+    try:
+        from engines.networks import NETWORKS as specs
+    except ImportError:
+        return []
+    return [name for name in NETWORKS if name in specs
+            and importlib.util.find_spec(f"engines.networks.{specs[name].module}") is not None]
+
+
+@pytest.mark.parametrize("name", _network_names() or [pytest.param("none", marks=pytest.mark.skip(
+    reason="no network module of engines.networks is available yet"))])
+def test_every_network_exports_matches_pytorch_and_passes_the_tensorrt_check(name, tmp_path):
+    from engines.models import load_network, network_geometry
+
+    network = load_network(name)
+    model = export_network(network, tmp_path / f"{name}.onnx", model_name=name)
+    assert tensorrt_problems(model) == []
+    geometry = network_geometry(network)
+    height, width = export.sample_size(geometry)
+    sizes = [(height, width)] if geometry.fixed_size else [(height, width), (2 * height, width)]
+    assert verify_export(network, tmp_path / f"{name}.onnx", sizes, batch=2) <= 1e-4
+    fp16 = tmp_path / f"{name}16.onnx"
+    convert_fp16_file(tmp_path / f"{name}.onnx", fp16)
+    assert check_fp16_parity(tmp_path / f"{name}.onnx", fp16, sizes[:1]).passed
+    assert onnx.load(str(fp16)).graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
