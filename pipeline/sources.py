@@ -1,0 +1,352 @@
+"""Where frames come from: the synthetic flight, video files, image sequences and cameras.
+
+`open_source(spec, stream)` picks the kind from the spec string:
+
+    synthetic[:key=value,...]   the synthetic flight; keys are FlightConfig fields (seed=3, thermal_fps=9,
+                                thermal_bits=16, visible_size=640x360, offset_px=12x-8, ...)
+    camera:N | N | /dev/videoN  a V4L2 camera by index (live)
+    rtsp://... | http(s)://...  a network stream through FFmpeg (live)
+    '... ! ... ! appsink'       a GStreamer pipeline (any spec containing '!'; live)
+    DIR                         the image files of a folder, in natural name order (frame2 < frame10)
+    'DIR/*.png'                 the files a glob matches, in natural name order
+    FILE.csv[#COLUMN]           the paths in COLUMN (default `path`) of a CSV, relative to the CSV's folder;
+                                an optional `time_s` column gives presentation times; a blank cell is a
+                                missing frame (skipped, its time slot stays empty)
+    FILE.png|.jpg|.tif|...      a single image
+    FILE                        anything else: a video file (fps from the file, times = index / fps)
+
+Visible frames are always BGR uint8 (H, W, 3); thermal frames gray (H, W) uint8 or uint16 (16-bit PNG
+and TIFF files are kept as uint16; AGC happens downstream). Image sequences without times run at `fps`
+(default 30); frame i of a sequence is row i (blank rows keep their index). Every frame of a source must
+have the size of its first frame; a frame of another size, or an undecodable file, raises CorruptFrame
+for that frame and the next read() continues. Problems with the spec itself raise SkyfuseError.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import re
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import SkyfuseError
+from .synthetic import FlightConfig, SyntheticFlight, config_field_types
+
+STREAMS = ("visible", "thermal")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm", ".ppm", ".webp")
+DEFAULT_SEQUENCE_FPS = 30.0
+_CAMERA_FAILURES = 5  # consecutive failed grabs after which a live stream counts as ended
+
+
+@dataclass
+class SourceFrame:
+    index: int  # position in the source (image sequences: row, so missing frames leave gaps)
+    time_s: float  # presentation time from the stream start
+    image: np.ndarray
+
+
+class CorruptFrame(Exception):
+    """One frame could not be decoded or does not fit the stream; the next read() continues."""
+
+
+class Source(ABC):
+    """A stream of frames. `read()` returns the next frame, None at the end, or raises CorruptFrame."""
+
+    stream: str  # "visible" | "thermal"
+    fps: float  # native rate
+    frame_count: int | None  # frames read() will return; None for live or unknown
+    live: bool  # a camera: frames come in real time and cannot be replayed faster
+
+    def __init__(self, stream: str, limit: int | None):
+        self.stream, self.limit = stream, limit
+        self._delivered = 0
+        self._size: tuple[int, int] | None = None  # (height, width) of the first frame
+
+    def read(self) -> SourceFrame | None:
+        if self.limit is not None and self._delivered >= self.limit:
+            return None
+        item = self._next()
+        if item is not None:
+            self._delivered += 1
+        return item
+
+    @abstractmethod
+    def _next(self) -> SourceFrame | None:
+        """The next frame without the length limit."""
+
+    def close(self) -> None:
+        """Release the device or file; reading afterwards is not allowed. Sources that hold nothing open
+        (the synthetic flight, image sequences) have nothing to do."""
+        return None
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _limited(self, count: int | None) -> int | None:
+        if count is None:
+            return self.limit
+        return count if self.limit is None else min(count, self.limit)
+
+    def _conform(self, image: np.ndarray, what: str) -> np.ndarray:
+        """The decoded `image` in this stream's pixel format; CorruptFrame if it cannot be."""
+        if image.dtype not in (np.uint8, np.uint16):
+            raise CorruptFrame(f"{what}: unsupported pixel type {image.dtype}")
+        channels = 1 if image.ndim == 2 else image.shape[2]
+        if self.stream == "visible":
+            if image.dtype == np.uint16:
+                image = (image >> 8).astype(np.uint8)
+            code = {1: cv2.COLOR_GRAY2BGR, 4: cv2.COLOR_BGRA2BGR}.get(channels)
+        else:
+            code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(channels)
+        if code is not None:
+            image = cv2.cvtColor(image, code)
+        elif image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if self._size is None:
+            self._size = image.shape[:2]
+        elif image.shape[:2] != self._size:
+            raise CorruptFrame(f"{what}: size {image.shape[1]}x{image.shape[0]} differs from the stream's "
+                               f"{self._size[1]}x{self._size[0]}")
+        return image
+
+
+class SyntheticSource(Source):
+    """One camera of the synthetic flight; unlimited unless `limit` is given."""
+
+    live = False
+
+    def __init__(self, flight: SyntheticFlight, stream: str, limit: int | None):
+        super().__init__(stream, limit)
+        self.flight = flight
+        cfg = flight.config
+        self.fps = cfg.visible_fps if stream == "visible" else cfg.thermal_fps
+        self.frame_count = limit
+        self._render = flight.visible_frame if stream == "visible" else flight.thermal_frame
+        self._time = flight.visible_time if stream == "visible" else flight.thermal_time
+        self._index = 0
+
+    def _next(self) -> SourceFrame:
+        i, self._index = self._index, self._index + 1
+        return SourceFrame(i, self._time(i), self._render(i))
+
+
+class ImageSequenceSource(Source):
+    """Image files in a given order; an entry without a path is a missing frame (its slot stays empty)."""
+
+    live = False
+
+    def __init__(self, entries: list[tuple[Path | None, float | None]], stream: str, fps: float,
+                 limit: int | None):
+        super().__init__(stream, limit)
+        self.entries, self.fps = entries, fps
+        self.frame_count = self._limited(sum(path is not None for path, _ in entries))
+        self._row = 0
+
+    def _next(self) -> SourceFrame | None:
+        while self._row < len(self.entries) and self.entries[self._row][0] is None:
+            self._row += 1
+        if self._row >= len(self.entries):
+            return None
+        row, (path, time_s) = self._row, self.entries[self._row]
+        self._row += 1
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise CorruptFrame(f"cannot decode image {path}")
+        return SourceFrame(row, row / self.fps if time_s is None else time_s, self._conform(image, str(path)))
+
+
+class CaptureSource(Source):
+    """Anything cv2.VideoCapture reads: video files (replayable) and cameras or network streams (live)."""
+
+    def __init__(self, capture: cv2.VideoCapture, name: str, stream: str, *, live: bool, fps: float | None,
+                 limit: int | None):
+        super().__init__(stream, limit)
+        self.capture, self.name, self.live = capture, name, live
+        native = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = native if 0 < native < 1000 else (fps or DEFAULT_SEQUENCE_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = None if live else self._limited(count if count > 0 else None)
+        self._index, self._failures, self._start = 0, 0, time.monotonic()
+
+    def _next(self) -> SourceFrame | None:
+        ok, image = self.capture.read()
+        if not ok or image is None:
+            if not self.live:
+                return None  # end of file (FFmpeg does not tell a damaged tail from the end)
+            self._failures += 1
+            if self._failures >= _CAMERA_FAILURES:
+                return None
+            raise CorruptFrame(f"{self.name}: no frame ({self._failures} failed grabs in a row)")
+        self._failures = 0
+        i, self._index = self._index, self._index + 1
+        time_s = time.monotonic() - self._start if self.live else i / self.fps
+        return SourceFrame(i, time_s, self._conform(image, f"{self.name} frame {i}"))
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+# ------------------------------------------------------------------------------------------- opening
+
+def open_source(spec: str, stream: str, *, fps: float | None = None, flight: FlightConfig | None = None,
+                frames: int | None = None) -> Source:
+    """Open the source `spec` (grammar in the module docstring) as the `stream` camera.
+
+    fps: the rate of image sequences without times (default 30) and of videos or cameras that report
+    none; for the synthetic flight it sets this stream's rate. flight: the FlightConfig that synthetic
+    options override. frames: stop after this many frames.
+    """
+    if stream not in STREAMS:
+        raise SkyfuseError(f"unknown stream {stream!r}: use visible or thermal")
+    if fps is not None and not fps > 0:
+        raise SkyfuseError(f"fps must be positive, got {fps}")
+    if frames is not None and frames < 0:
+        raise SkyfuseError(f"frames must not be negative, got {frames}")
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        config = parse_synthetic_options(spec.partition(":")[2], flight or FlightConfig())
+        if fps is not None:
+            config = replace(config, **{f"{stream}_fps": fps})
+        return SyntheticSource(SyntheticFlight(config), stream, frames)
+    camera = _camera_index(spec)
+    if camera is not None:
+        return _open_capture(camera, cv2.CAP_ANY, f"camera {camera}", stream, fps, frames, live=True,
+                             failure=f"camera {camera} not found or busy")
+    if "://" in spec:
+        return _open_capture(spec, cv2.CAP_FFMPEG, spec, stream, fps, frames, live=True,
+                             failure=f"cannot open stream {spec} (unreachable, or not a video stream)")
+    if "!" in spec:
+        if not cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER):
+            raise SkyfuseError("GStreamer pipelines need OpenCV built with GStreamer; this one is not")
+        return _open_capture(spec, cv2.CAP_GSTREAMER, "GStreamer pipeline", stream, fps,
+                             frames, live=True, failure=f"GStreamer pipeline did not start: {spec}")
+    path, _, column = spec.partition("#")
+    if path.lower().endswith(".csv"):
+        entries, csv_fps = _csv_entries(Path(path), column or "path")
+        return ImageSequenceSource(entries, stream, fps or csv_fps or DEFAULT_SEQUENCE_FPS, frames)
+    if glob.has_magic(spec):
+        files = [Path(p) for p in glob.glob(spec) if Path(p).is_file()]
+        if not files:
+            raise SkyfuseError(f"no files match {spec}")
+        return _sequence(files, stream, fps, frames)
+    target = Path(spec)
+    if not target.exists():
+        raise SkyfuseError(f"{stream} source not found: {spec}")
+    if target.is_dir():
+        files = [p for p in target.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise SkyfuseError(f"folder {spec} has no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return _sequence(files, stream, fps, frames)
+    if target.suffix.lower() in IMAGE_SUFFIXES:
+        return _sequence([target], stream, fps, frames)
+    return _open_capture(str(target), cv2.CAP_FFMPEG, str(target), stream, fps, frames,
+                         live=False, failure=f"cannot read video file {spec} (not a video, or damaged)")
+
+
+def parse_synthetic_options(options: str, base: FlightConfig) -> FlightConfig:
+    """`key=value,...` overrides of FlightConfig fields; sizes and offsets are written WxH / XxY."""
+    types = config_field_types()
+    changes = {}
+    for item in filter(None, (part.strip() for part in options.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in types:
+            raise SkyfuseError(f"unknown synthetic option {key!r} (options: {', '.join(types)})")
+        if not sep:
+            raise SkyfuseError(f"synthetic option {key!r} needs a value: {key}=...")
+        try:
+            if types[key] is tuple:
+                parts = value.lower().split("x")
+                kind = int if key.endswith("size") else float
+                if len(parts) != 2:
+                    raise ValueError
+                changes[key] = tuple(kind(p) for p in parts)
+            else:
+                changes[key] = types[key](value)
+        except ValueError:
+            example = "640x512" if types[key] is tuple else types[key].__name__
+            raise SkyfuseError(f"synthetic option {key}={value!r} is not a valid value ({example})") from None
+    config = replace(base, **changes)
+    config.validate()
+    return config
+
+
+def _camera_index(spec: str) -> int | None:
+    match = re.fullmatch(r"(?:camera:|/dev/video)?(\d+)", spec.strip())
+    return int(match.group(1)) if match else None
+
+
+@contextmanager
+def _quiet_opencv():
+    """Silence OpenCV's own warnings while probing backends: the SkyfuseError says what failed."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def _open_capture(target: int | str, api: int, name: str, stream: str, fps: float | None, frames: int | None,
+                  *, live: bool, failure: str) -> CaptureSource:
+    with _quiet_opencv():
+        capture = cv2.VideoCapture(target, api)
+    if not capture.isOpened():
+        capture.release()
+        raise SkyfuseError(failure)
+    return CaptureSource(capture, name, stream, live=live, fps=fps, limit=frames)
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _sequence(files: list[Path], stream: str, fps: float | None, frames: int | None) -> ImageSequenceSource:
+    entries = [(path, None) for path in sorted(files, key=_natural_key)]
+    return ImageSequenceSource(entries, stream, fps or DEFAULT_SEQUENCE_FPS, frames)
+
+
+def _csv_entries(path: Path, column: str) -> tuple[list[tuple[Path | None, float | None]], float | None]:
+    """Rows of a frame-list CSV as (path or None, time or None), and the rate its times imply."""
+    if not path.is_file():
+        raise SkyfuseError(f"frame list not found: {path}")
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            if column not in header:
+                names = ", ".join(header) or "none"
+                raise SkyfuseError(f"{path} has no column {column!r} (columns: {names})")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SkyfuseError(f"cannot read frame list {path}: {exc}") from None
+    if not rows:
+        raise SkyfuseError(f"frame list {path} has no rows")
+    entries, timed = [], []
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        cell, time_cell = (row.get(column) or "").strip(), (row.get("time_s") or "").strip()
+        frame = path.parent / cell if cell else None
+        if frame is not None and not frame.is_file():
+            raise SkyfuseError(f"{path} line {number}: file not found: {frame}")
+        try:
+            time_s = float(time_cell) if time_cell else None
+        except ValueError:
+            raise SkyfuseError(f"{path} line {number}: time_s {time_cell!r} is not a number") from None
+        entries.append((frame, time_s))
+        if time_s is not None:
+            timed.append((number, time_s))
+    if all(frame is None for frame, _ in entries):
+        raise SkyfuseError(f"column {column!r} of {path} lists no frames")
+    rows_apart, steps = np.diff(np.array(timed).reshape(-1, 2), axis=0).T
+    if np.any(steps <= 0):
+        raise SkyfuseError(f"{path}: time_s must increase from row to row")
+    return entries, (float(np.median(rows_apart / steps)) if len(steps) else None)
