@@ -6,9 +6,10 @@ soon as they are complete. `.mp4` is fragmented MP4 (an empty `moov` up front, t
 fragment at most every `fragment_s`); `.mkv` is Matroska, whose clusters are closed at the same
 interval. `flush_packets=1` makes libavformat hand every finished piece to the OS at once; without it
 the output sits in a 256 KiB buffer that a low-bitrate recording fills only every few seconds. A
-SIGKILL therefore loses at most the fragment being built (`fragment_s` of video). A power cut can also
-lose what the OS had not yet written to disk, so a background thread fsyncs both files every
-`fsync_s`.
+SIGKILL therefore loses at most the fragment being built (`fragment_s` of video); a file killed
+before its first fragment was complete holds no frames (an MP4 then opens empty, an MKV does not
+open). A power cut can also lose what the OS had not yet written to disk, so a background thread
+fsyncs both files every `fsync_s`.
 
 Time: `write(image, slot)` places the frame at `slot` on the source frame-rate grid (the first slot
 written is time 0); skipped slots leave a gap in time, so playback keeps the real timing when frames
@@ -276,10 +277,12 @@ def read_video(path: str | os.PathLike) -> VideoInfo:
     """Decode a whole video file (for tests and benchmarks); raises SkyfuseError if it cannot be read."""
     try:
         with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise SkyfuseError(f"cannot read video {path}: it has no video stream")
             stream = container.streams.video[0]
             times = [float(frame.pts * stream.time_base) for frame in container.decode(stream)]
             duration = container.duration / 1e6 if container.duration is not None else None
             return VideoInfo(len(times), float(stream.average_rate or 0), (stream.width, stream.height),
                              duration, times)
-    except (av.FFmpegError, IndexError) as exc:
+    except av.FFmpegError as exc:
         raise SkyfuseError(f"cannot read video {path}: {exc}") from exc
