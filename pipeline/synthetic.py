@@ -25,7 +25,7 @@ one world pixel = one visible pixel (about 10 cm on the ground).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ from pipeline.errors import SkyfuseError
 
 THERMAL8_RANGE_C = (5.0, 45.0)  # °C mapped to 0..255 in 8-bit thermal frames
 KELVIN_OFFSET = 273.15
+_MIN_WORLD_PX = 640  # room for the largest feature (a 520 px field window) even behind tiny cameras
 _MAX_WORLD_PX = 9000  # beyond this the ground map would not fit comfortably in memory
 
 
@@ -288,7 +289,7 @@ def _draw_rocks(g: _Ground, count: int) -> None:
 def _render_ground(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list]:
     """(colour uint8 BGR, temperature float32 °C, roads) of a size×size map."""
     g = _Ground(size, rng)
-    area = (size / 1000) ** 2  # feature counts per square kilometre of map... per million px
+    area = (size / 1000) ** 2  # features are counted per million map pixels (1 px ~ 10 cm: per 10 000 m²)
     _draw_fields(g, int(3 * area) + 1)
     _draw_ponds(g, int(0.4 * area) + 1)
     roads = _draw_roads(g, 2 + int(area > 4))
@@ -365,7 +366,10 @@ class SyntheticFlight:
 
     def __init__(self, config: FlightConfig):
         config.validate()
-        self.config = cfg = config
+        # sizes and offsets may arrive as lists (YAML); OpenCV and the rig want tuples
+        self.config = cfg = replace(config, visible_size=tuple(int(v) for v in config.visible_size),
+                                    thermal_size=tuple(int(v) for v in config.thermal_size),
+                                    offset_px=tuple(float(v) for v in config.offset_px))
         self.visible_to_thermal = visible_to_thermal_homography(cfg)
         rng = np.random.default_rng(cfg.seed)
         (vw, vh), (tw, th) = cfg.visible_size, cfg.thermal_size
@@ -374,7 +378,7 @@ class SyntheticFlight:
         reach = max(math.hypot(vw, vh) / 2,
                     float(np.max(np.hypot(*(thermal_corners - [vw / 2, vh / 2]).T)))) + 8
         self._loop = (reach, 0.7 * reach, 0.06 * reach)  # ellipse radii and wobble of the flight path
-        size = int(math.ceil(2 * (self._loop[0] + self._loop[2] + reach))) + 16
+        size = max(_MIN_WORLD_PX, int(math.ceil(2 * (self._loop[0] + self._loop[2] + reach))) + 16)
         if size > _MAX_WORLD_PX:
             raise SkyfuseError(f"synthetic flight: these camera sizes/fields of view need a {size} px map "
                                f"(limit {_MAX_WORLD_PX}); use smaller frames or a fov_ratio nearer 2")
