@@ -15,7 +15,7 @@ from .frame import EndOfStream, Frame
 from .sources import CorruptFrame, Source, open_source
 from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
 from .stats import StageStats
-from .wire import Sender
+from .wire import Sender, close_transport
 
 
 class CaptureStage:
@@ -55,7 +55,8 @@ class CaptureStage:
                 self.stats.count_frame()
         self.stats.drops.update(self.output.drops)
         summary = self.stats.summary()
-        if not self.output.send_eos(EndOfStream(self.source.stream, {"stats": {self.name: summary}})):
+        eos = EndOfStream(self.source.stream, {"stats": {self.name: summary}})
+        if not self.output.send_eos(eos, timeout_ms=10_000):
             log(self.name, "no receiver took the end-of-stream message")
         return summary
 
@@ -92,6 +93,7 @@ def main(argv: list[str]) -> int:
     finally:
         source.close()
         output.close()
+        close_transport()
     log(f"capture.{args.stream}", f"sent {summary['frames']} frames at {summary['fps']} fps, "
         f"drops {summary['drops'] or 'none'}")
     return 0

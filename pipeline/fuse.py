@@ -26,7 +26,7 @@ from .frame import EndOfStream, Frame
 from .pairing import Pair, Pairer, PairingPolicy
 from .stage import add_mode_argument, die_with_parent, log, parse_options, stop_on_signals
 from .stats import StageStats
-from .wire import Receiver, Sender
+from .wire import Receiver, Sender, close_transport
 
 THUMBNAIL_SCALE = 4  # picture-in-picture inputs travel at 1/4 size
 
@@ -47,31 +47,33 @@ class FuseStage:
         self.upstream_stats: dict[str, dict] = {}
 
     def run(self, stop) -> dict:
-        """Fuse until both inputs have ended (or `stop` is set), then send end-of-stream. Returns stats."""
+        """Fuse until both inputs have ended (or `stop` is set), then send end-of-stream (also when the
+        engine fails, so the sink finalises the recording at once). Returns the stage's statistics."""
         poller = zmq.Poller()
         poller.register(self.visible.socket, zmq.POLLIN)
         poller.register(self.thermal.socket, zmq.POLLIN)
-        while not stop.is_set() and not self._finished():
-            if self.lossless:
-                port = self._port_behind()
-                message = port.recv(100)
-                if message is not None:
-                    self._accept(message)
-            else:
-                if not (self.visible.pending() or self.thermal.pending()):
-                    poller.poll(20)
-                for port in (self.visible, self.thermal):
-                    while (message := port.recv(0)) is not None:
+        try:
+            while not stop.is_set() and not self._finished():
+                if self.lossless:
+                    message = self._port_behind().recv(100)
+                    if message is not None:
                         self._accept(message)
+                else:
+                    if not (self.visible.pending() or self.thermal.pending()):
+                        poller.poll(20)
+                    for port in (self.visible, self.thermal):
+                        while (message := port.recv(0)) is not None:
+                            self._accept(message)
+                self._fuse_ready()
             self._fuse_ready()
-        self._fuse_ready()
-        self.stats.drops = self._own_drops()
-        summary = self.stats.summary()
-        summary["engine"] = self.engine.describe()
-        summary["pairing"] = dict(self.pairer.counts)
-        stats = {**self.upstream_stats, self.name: summary}
-        if not self.output.send_eos(EndOfStream("fused", {"stats": stats})):
-            log(self.name, "no sink took the end-of-stream message")
+        finally:
+            self.stats.drops = self._own_drops()
+            summary = self.stats.summary()
+            summary["engine"] = self.engine.describe()
+            summary["pairing"] = dict(self.pairer.counts)
+            stats = {**self.upstream_stats, self.name: summary}
+            if not self.output.send_eos(EndOfStream("fused", {"stats": stats}), timeout_ms=10_000):
+                log(self.name, "no sink took the end-of-stream message")
         return summary
 
     def _finished(self) -> bool:
@@ -117,7 +119,11 @@ class FuseStage:
         thermal = np.stack([self._prepare_thermal(p.thermal.image) for p in pairs])
         size = (thermal.shape[2], thermal.shape[1])
         visible = np.stack([self._prewarp(p.visible.image, size) for p in pairs])
-        result = self.engine.fuse(visible, thermal)
+        try:
+            result = self.engine.fuse(visible, thermal)
+        except Exception as exc:  # a backend failure ends the stage with a message, not a traceback
+            raise SkyfuseError(f"engine {self.engine.describe()} failed on visible frame "
+                               f"{pairs[0].visible.seq}: {type(exc).__name__}: {exc}") from exc
         finished = time.time_ns()
         self.stats.add_latency("engine_per_frame", (finished - started) / 1e6 / len(pairs))
         for i, pair in enumerate(pairs):
@@ -220,6 +226,7 @@ def main(argv: list[str]) -> int:
     finally:
         for port in ports:
             port.close()
+        close_transport()
         engine.close()
     log("fuse", f"fused {summary['frames']} frames at {summary['fps']} fps, "
         f"drops {summary['drops'] or 'none'}")

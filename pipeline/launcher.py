@@ -139,7 +139,8 @@ class Launcher:
         for stream, source in (("visible", c.visible), ("thermal", c.thermal)):
             argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode,
                     "--epoch-ns", str(epoch)]
-            argv += _flags(pace=c.pace, frames=c.frames, fps=c.fps)
+            # The visible stream sets the run's length; the thermal capture runs until the run ends.
+            argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps)
             captures.append(StageProcess(f"capture.{stream}", argv))
         fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
                 "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
@@ -161,11 +162,12 @@ class Launcher:
         if self.config.calibration:
             return self.config.calibration
         if self.config.visible.startswith("synthetic") and self.config.thermal.startswith("synthetic"):
-            from .sources import synthetic_flight_config
-            from .synthetic import SyntheticFlight
+            from .sources import parse_synthetic_options
+            from .synthetic import FlightConfig, SyntheticFlight
 
+            config = parse_synthetic_options(self.config.visible.partition(":")[2], FlightConfig())
             path = self.run_dir / "rig.synthetic.json"
-            SyntheticFlight(synthetic_flight_config(self.config.visible)).rig().save(path)
+            SyntheticFlight(config).rig().save(path)
             return str(path)
         return None
 
@@ -174,14 +176,10 @@ class Launcher:
         for stage in self.stages:
             stage.start()
         failed: StageProcess | None = None
-        while True:
-            if self.stop_requested.is_set():
-                break
-            for stage in self.stages:
-                if stage.process.poll() not in (None, 0):
-                    failed = stage
-                    break
-            if failed or all(s.process.poll() is not None for s in self.stages):
+        sink = self.stages[0]
+        while not self.stop_requested.is_set() and sink.process.poll() is None:
+            failed = next((s for s in self.stages if s.process.poll() not in (None, 0)), None)
+            if failed:
                 break
             time.sleep(0.1)
         if failed:
@@ -190,20 +188,23 @@ class Launcher:
         self.shutdown()
         if failed:
             return 1
-        crashed = [s for s in self.stages if s.process.returncode not in (0, -signal.SIGTERM)]
+        crashed = [s for s in self.stages if s.process.returncode != 0]
         for stage in crashed:
             print(f"skyfuse run: stage {stage.name} {stage.exit_reason()}", file=sys.stderr)
         return 130 if self.stop_requested.is_set() else (1 if crashed else 0)
 
-    def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stop captures first so end-of-stream flows downstream; escalate to SIGKILL only if needed."""
-        captures = [s for s in self.stages if s.name.startswith("capture")]
-        downstream = [s for s in self.stages if not s.name.startswith("capture")]
-        for group, wait_s in ((captures, 3.0), (downstream[::-1], grace_s)):
-            for stage in group:
-                stage.signal(signal.SIGTERM)
-            # Downstream stages finish by themselves once end-of-stream arrives; give them the time.
-            _wait_all(group, wait_s)
+    def shutdown(self, settle_s: float = 3.0) -> None:
+        """Stop in data-flow order: captures first, so their end-of-stream reaches the fuse stage and then
+        the sink, which finalises the recording. A stage still running after `settle_s` gets SIGTERM,
+        then SIGKILL after another `settle_s`."""
+        sink, fuse, *captures = self.stages
+        for stage in captures:
+            stage.signal(signal.SIGTERM)
+        _wait_all(captures, settle_s)
+        for stage in (fuse, sink):
+            _wait_all([stage], settle_s)  # finishing by itself once end-of-stream arrives
+            stage.signal(signal.SIGTERM)
+            _wait_all([stage], settle_s)
         for stage in self.stages:
             if stage.process.poll() is None:
                 print(f"skyfuse run: stage {stage.name} did not stop; killing it", file=sys.stderr)
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = vars(build_parser().parse_args(argv))
     config = load_config(args.pop("config"), args)
-    check_sources(config)
+    check_config(config)
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="skyfuse-") as run_dir:
         launcher = Launcher(config, Path(run_dir))
@@ -303,10 +304,19 @@ def main(argv: list[str]) -> int:
     return code
 
 
-def check_sources(config: RunConfig) -> None:
-    """Open both sources once to fail early with a clear message, and refuse file sequences whose lengths
-    differ at one frame rate (they cannot cover the same time span)."""
+def check_config(config: RunConfig) -> None:
+    """Fail before starting anything, with a clear message: unknown engine, unreadable calibration,
+    sources that do not open, or file sequences whose lengths differ at one frame rate (they cannot cover
+    the same time span)."""
+    from calibration.rig import Rig
+    from engines.registry import ENGINES
+
     from .sources import open_source
+
+    if config.engine not in ENGINES and ":" not in config.engine:
+        raise SkyfuseError(f"unknown engine {config.engine!r}; choose from {', '.join(sorted(ENGINES))}")
+    if config.calibration:
+        Rig.load(config.calibration)
 
     counts = {}
     for stream in ("visible", "thermal"):

@@ -24,7 +24,7 @@ from .liveview import LiveView
 from .recorder import Recorder, Sidecar
 from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
 from .stats import StageStats
-from .wire import Receiver
+from .wire import Receiver, close_transport
 
 # Latency of each hop, from the stamps a frame collects on its way: (name, from stamp, to stamp).
 HOPS = (("capture_to_fuse", "capture", "fuse_in"), ("wait_in_fuse", "fuse_in", "engine_start"),
@@ -100,9 +100,9 @@ class SinkStage:
     def _compose(self, frame: Frame) -> np.ndarray:
         image = np.array(frame.image)  # the received buffer is read-only
         if self.pip and frame.extras:
-            thumbs = [frame.extras[k] for k in ("visible", "thermal") if k in frame.extras]
-            if self.colormap and "thermal" in frame.extras:
-                thumbs[-1] = thermal_colormap(frame.extras["thermal"])
+            extras = frame.extras
+            thumbs = [thermal_colormap(extras[k]) if k == "thermal" and self.colormap else extras[k]
+                      for k in ("visible", "thermal") if k in extras]
             image = picture_in_picture(image, thumbs)
         if self.hud:
             latency = (wall_ns() - frame.stamps.get("capture", wall_ns())) / 1e6
@@ -191,6 +191,7 @@ def main(argv: list[str]) -> int:
         summary = stage.run(stop)
     finally:
         port.close()
+        close_transport()
     log("sink", f"recorded {summary['frames']} frames to {args.output}")
     sys.stdout.flush()
     return 0

@@ -6,6 +6,11 @@ capture time, latency stamps, JSON-able metadata, and for each buffer its name, 
 Receivers check every field against the buffer lengths; a message that fails any check is dropped and
 counted by reason, never raised into a stage. Nothing is ever unpickled.
 
+A link is a DEALER (output) -> ROUTER (input) pair: frames flow one way, and the one message that flows
+back acknowledges end-of-stream once the receiver has read everything before it. A sender waits for that
+acknowledgement before it exits, because ZeroMQ discards frames still in transit when their sender's
+process ends while the receiver's queue is full (back-pressure in lossless mode).
+
 Each port stamps the frames it passes (wall-clock ns under its `stamp` name), so latency can be split by
 hop. Ports: an input port (`Receiver`) binds its endpoint and an output port (`Sender`) connects to it, so
 a capture process on a drone connects out to a ground station that listens. Endpoints are ZeroMQ
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter, deque
 
 import numpy as np
@@ -29,6 +35,8 @@ VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_DIMENSION = 16384
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # an 8K RGB frame is 100 MB
+ACK = b"skyfuse-eos-ack"
+STOP_GRACE_S = 0.5  # after a stop request, how long a sender still waits for its frames to leave
 
 
 class WireError(ValueError):
@@ -135,17 +143,23 @@ def _context() -> zmq.Context:
     return zmq.Context.instance()
 
 
+def close_transport() -> None:
+    """Wait (up to each socket's linger time) until queued frames have left, then stop ZeroMQ. Call once
+    at the end of a stage process after closing its ports: zero-copy frames are sent from ZeroMQ's I/O
+    thread, and exiting before it is done would lose them or let it read freed memory."""
+    zmq.Context.instance().term()
+
+
 class Sender:
-    """An output port (PUSH, connects). Lossless mode blocks when the receiver is behind (back-pressure);
+    """An output port (DEALER, connects). Lossless mode blocks when the receiver is behind (back-pressure);
     live mode never blocks: a frame that finds the queue full is dropped and counted."""
 
     def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "sent", high_water_mark: int = 4,
                  stop: threading.Event | None = None):
         self.endpoint, self.lossless, self.stop, self.stamp = endpoint, lossless, stop, stamp
         self.drops: Counter[str] = Counter()
-        self.socket = _context().socket(zmq.PUSH)
+        self.socket = _context().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
-        self.socket.setsockopt(zmq.LINGER, 2000)
         self.socket.connect(endpoint)
 
     def send(self, frame: Frame) -> bool:
@@ -164,18 +178,35 @@ class Sender:
         return True
 
     def send_eos(self, eos: EndOfStream, timeout_ms: int = 5000) -> bool:
-        """Send end-of-stream, waiting at most `timeout_ms` for room; False if no receiver took it."""
-        if self.socket.poll(timeout_ms, zmq.POLLOUT):
-            self.socket.send_multipart(encode(eos))
-            return True
+        """Send end-of-stream and wait until the receiver has read it and everything before it; False if
+        that did not happen within `timeout_ms` (after a stop request: within STOP_GRACE_S)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        if not self._wait_for(zmq.POLLOUT, deadline):
+            return False
+        self.socket.send_multipart(encode(eos))
+        return self._wait_for(zmq.POLLIN, deadline) and self.socket.recv() == ACK
+
+    def _wait_for(self, event: int, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if self.stop is not None and self.stop.is_set():  # asked to stop: wait only a moment more
+                deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
+            if self.socket.poll(100, event):
+                return True
         return False
 
     def close(self) -> None:
-        self.socket.close()
+        """Close the port. Frames still queued get time to leave (they travel from ZeroMQ's I/O thread):
+        in lossless mode up to 30 s, since the receiver may still be working through its backlog; in
+        live mode 1 s; after a stop request only a moment, so shutting down is never held up."""
+        if self.stop is not None and self.stop.is_set():
+            linger_ms = int(STOP_GRACE_S * 1000)
+        else:
+            linger_ms = 30_000 if self.lossless else 1000
+        self.socket.close(linger=linger_ms)
 
 
 class Receiver:
-    """An input port (PULL, binds) with an explicit queue policy.
+    """An input port (ROUTER, binds) with an explicit queue policy.
 
     - lossless: one message is taken from the socket per `recv`, so a slow stage pushes back on its sender.
     - live (`drop_oldest`): every waiting message is taken into a queue of `queue_size`; when it is full
@@ -190,7 +221,7 @@ class Receiver:
         self.drops: Counter[str] = Counter()
         self.last_error = ""
         self.queue: deque[Frame | EndOfStream] = deque()
-        self.socket = _context().socket(zmq.PULL)
+        self.socket = _context().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 0)
         # A backstop against memory exhaustion; messages under it but over the limit are counted in decode.
@@ -217,7 +248,7 @@ class Receiver:
         return bool(self.queue) or bool(self.socket.poll(0, zmq.POLLIN))
 
     def _take_one(self) -> None:
-        parts = self.socket.recv_multipart(copy=False)
+        peer, *parts = self.socket.recv_multipart(copy=False)
         try:
             message = decode(parts, self.max_message_bytes)
         except WireError as exc:
@@ -226,6 +257,8 @@ class Receiver:
             return
         if isinstance(message, Frame):
             message.stamp(self.stamp)
+        else:
+            self.socket.send_multipart([peer.bytes, ACK], flags=zmq.NOBLOCK)
         self.queue.append(message)
         if not self.lossless and len(self.queue) > self.queue_size:
             oldest_frame = next((m for m in self.queue if isinstance(m, Frame)), None)

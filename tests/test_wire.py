@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from pipeline.frame import EndOfStream, Frame
-from pipeline.wire import VERSION, Receiver, Sender, WireError, decode, encode
+from pipeline.wire import ACK, VERSION, Receiver, Sender, WireError, decode, encode
 
 
 def make_frame(**overrides) -> Frame:
@@ -108,7 +108,7 @@ def test_rejects_missing_buffer_not_json_and_oversized():
 
 def test_receiver_counts_and_drops_malformed_messages_then_keeps_working(endpoint):
     receiver = Receiver(endpoint, lossless=True, stamp="fuse_in", max_message_bytes=200_000)
-    push = zmq.Context.instance().socket(zmq.PUSH)
+    push = zmq.Context.instance().socket(zmq.DEALER)
     push.connect(endpoint)
     try:
         push.send_multipart([b"garbage"])
@@ -132,7 +132,7 @@ def test_live_receiver_keeps_only_the_newest_frames_and_counts_the_rest(endpoint
     try:
         for seq in range(10):
             assert sender.send(make_frame(seq=seq))
-        sender.send_eos(EndOfStream("visible"))
+        sender.send_eos(EndOfStream("visible"), timeout_ms=100)  # unacknowledged: nobody reads yet
         first = receiver.recv(2000)
         time.sleep(0.2)  # let the rest arrive
         rest = []
@@ -158,6 +158,20 @@ def test_live_sender_drops_and_counts_when_nobody_reads(endpoint):
         receiver.close()
     assert not all(results)
     assert sender.drops["send_queue_full"] == results.count(False)
+
+
+def test_end_of_stream_is_acknowledged_once_everything_before_it_was_read(endpoint):
+    receiver = Receiver(endpoint, lossless=True)
+    sender = Sender(endpoint, lossless=True)
+    try:
+        sender.send(make_frame(seq=1))
+        assert not sender.send_eos(EndOfStream("visible"), timeout_ms=300), "not read yet"
+        assert receiver.recv(1000).seq == 1
+        assert isinstance(receiver.recv(1000), EndOfStream)
+        assert sender.socket.poll(1000) and sender.socket.recv() == ACK
+    finally:
+        sender.close()
+        receiver.close()
 
 
 def test_tcp_link_carries_frames(tmp_path):

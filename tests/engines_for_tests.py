@@ -1,0 +1,31 @@
+"""Engines loaded as plugins (`--engine engines_for_tests:Name`) by the end-to-end tests."""
+
+import time
+
+from engines.classical import BlendEngine
+
+
+class SlowEngine(BlendEngine):
+    """A blend that takes `delay_ms` per call: a stage that cannot keep up with the cameras."""
+
+    def __init__(self, delay_ms: float = 150.0):
+        super().__init__()
+        self.delay_ms = delay_ms
+
+    def fuse(self, visible, thermal):
+        time.sleep(self.delay_ms / 1000)
+        return super().fuse(visible, thermal)
+
+
+class FailingEngine(BlendEngine):
+    """A blend that raises on call `fail_at`: a stage that crashes mid-run."""
+
+    def __init__(self, fail_at: int = 10):
+        super().__init__()
+        self.fail_at, self.calls = fail_at, 0
+
+    def fuse(self, visible, thermal):
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("simulated engine failure")
+        return super().fuse(visible, thermal)

@@ -1,0 +1,233 @@
+"""The whole pipeline as a user runs it: real stage processes over ipc, recordings read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.recorder import read_sidecar, read_video
+
+TESTS = Path(__file__).resolve().parent
+# Small frames keep the suite fast on a 2-core CI machine; the geometry is the same as the demo's.
+SMALL = "visible_size=480x270,thermal_size=320x256,people=10,vehicles=4"
+
+
+def skyfuse(*args: str, timeout: float = 120, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                          timeout=timeout, env=_env(), **popen)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    return env
+
+
+def stats_of(output: Path) -> dict:
+    return json.loads(output.with_name("stats.json").read_text())
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_lossless_run_records_every_frame_at_the_source_rate(tmp_path):
+    output = tmp_path / "fused.mp4"
+    result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal",
+                     f"synthetic:{SMALL},thermal_fps=9", "--frames", "90", "--mode", "lossless",
+                     "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    video = read_video(output)
+    assert video.frames == 90 and video.fps == pytest.approx(30)
+    assert video.size == (320, 256), "the fused view is the thermal camera's view"
+    records = read_sidecar(output.with_name("fused.mp4.frames.jsonl"))
+    assert [r["seq"] for r in records] == list(range(90))
+    assert [r["slot"] for r in records] == list(range(90))
+    thermal_seqs = [r["thermal"]["seq"] for r in records]
+    assert thermal_seqs == sorted(thermal_seqs) and len(set(thermal_seqs)) in (27, 28), "9 Hz reused"
+    assert all(abs(r["thermal"]["dt_ms"]) <= 1000 / 18 + 1 for r in records)
+    stats = stats_of(output)
+    assert stats["frames_recorded"] == 90 and stats["complete"] and stats["drops_total"] == 0
+    assert {"capture.visible", "fuse", "sink"} <= set(stats["stages"])
+    assert stats["stages"]["sink"]["latency"]["end_to_end"]["count"] == 90
+    assert "recorded 90 frames" in result.stdout
+
+
+def test_live_mode_with_a_slow_engine_keeps_latency_flat_and_counts_drops(tmp_path):
+    output = tmp_path / "fused.mkv"
+    result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal", f"synthetic:{SMALL}",
+                     "--frames", "60", "--mode", "live", "--engine", "engines_for_tests:SlowEngine",
+                     "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    stats = stats_of(output)
+    recorded = stats["frames_recorded"]
+    assert 3 <= recorded < 60
+    drops = stats["drops"]
+    assert stats["drops_total"] > 0
+    assert drops.get("fuse:engine_busy", 0) + sum(v for k, v in drops.items() if "queue" in k) > 0
+    # A queue that never drops would hold ~60 frames x 150 ms: latency would climb towards 9 s.
+    latency = stats["stages"]["sink"]["latency"]["end_to_end"]
+    assert latency["max_ms"] < 2000
+    video = read_video(output)
+    assert video.frames == recorded
+    assert video.duration_s == pytest.approx(2.0, abs=0.5), "drops leave gaps: the video keeps real time"
+
+
+def test_sigterm_stops_cleanly_and_finalises_the_recording(tmp_path):
+    output = tmp_path / "fused.mp4"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
+                                "--thermal", f"synthetic:{SMALL}", "--output", str(output)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    sidecar = output.with_name("fused.mp4.frames.jsonl")
+    deadline = time.monotonic() + 60
+    stages: set[int] = set()
+    while time.monotonic() < deadline and len(read_sidecar(sidecar) if sidecar.exists() else []) < 20:
+        stages.update(children_of(process.pid))
+        time.sleep(0.2)
+    stages.update(children_of(process.pid))
+    assert len(stages) == 4, "four stage processes"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    records = read_sidecar(sidecar)
+    assert read_video(output).frames == len(records) >= 20
+    assert stats_of(output)["frames_recorded"] == len(records)
+    assert not [pid for pid in stages if alive(pid)], "no orphaned stage processes"
+
+
+def test_a_crashed_stage_is_reported_the_rest_stop_and_the_recording_plays(tmp_path):
+    output = tmp_path / "fused.mp4"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
+                                "--thermal", f"synthetic:{SMALL}", "--frames", "200", "--mode", "lossless",
+                                "--engine", "engines_for_tests:FailingEngine", "--output", str(output)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    stages: set[int] = set()
+    while process.poll() is None:
+        stages.update(children_of(process.pid))
+        time.sleep(0.05)
+    stderr = process.stderr.read()
+    assert process.returncode == 1
+    assert "stage fuse exited with code 2" in stderr
+    assert "simulated engine failure" in stderr and "Traceback" not in stderr
+    assert read_video(output).frames == 9, "the frames fused before the failure stay playable"
+    assert not [pid for pid in stages if alive(pid)], "no orphaned stage processes"
+
+
+def write_sequence(folder: Path, count: int, *, gray: bool, corrupt_at: int | None = None) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(count)
+    for i in range(count):
+        path = folder / f"frame{i:03d}.png"
+        if i == corrupt_at:
+            path.write_bytes(b"\x89PNG broken")
+            continue
+        image = rng.integers(0, 255, (64, 80) if gray else (96, 120, 3), dtype=np.uint8)
+        cv2.imwrite(str(path), image)
+    return folder
+
+
+def test_corrupt_frame_mid_stream_is_skipped_counted_and_the_run_continues(tmp_path):
+    visible = write_sequence(tmp_path / "visible", 12, gray=False, corrupt_at=5)
+    thermal = write_sequence(tmp_path / "thermal", 12, gray=True)
+    output = tmp_path / "fused.mp4"
+    result = skyfuse("run", "--visible", str(visible), "--thermal", str(thermal), "--mode", "lossless",
+                     "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "corrupt" in result.stderr and "Traceback" not in result.stderr
+    stats = stats_of(output)
+    assert stats["drops"]["capture.visible:corrupt_frame"] == 1
+    records = read_sidecar(output.with_name("fused.mp4.frames.jsonl"))
+    assert [r["seq"] for r in records] == [i for i in range(12) if i != 5]
+    assert read_video(output).frames == 11
+
+
+def test_stages_started_alone_drop_and_count_malformed_messages(tmp_path):
+    """capture -> fuse -> sink with each stage its own command, as on separate machines."""
+    import zmq
+
+    from pipeline.frame import EndOfStream, Frame
+    from pipeline.wire import Sender
+
+    ends = {name: f"ipc://{tmp_path}/{name}" for name in ("visible", "thermal", "sink")}
+    output = tmp_path / "fused.mkv"
+    env = _env()
+    sink = subprocess.Popen([sys.executable, "-m", "pipeline", "sink", "--input", ends["sink"], "--output",
+                             str(output), "--stats", str(tmp_path / "stats.json"), "--mode", "lossless"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    fuse = subprocess.Popen([sys.executable, "-m", "pipeline", "fuse", "--visible-in", ends["visible"],
+                             "--thermal-in", ends["thermal"], "--output", ends["sink"], "--mode", "lossless",
+                             "--engine", "blend"], env=env, stderr=subprocess.PIPE, text=True)
+    senders = {s: Sender(ends[s], lossless=True) for s in ("visible", "thermal")}
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.connect(ends["visible"])
+    rng = np.random.default_rng(0)
+    try:
+        for i in range(10):
+            t = i * 33_333_333
+            senders["thermal"].send(Frame("thermal", i, t, rng.integers(0, 255, (64, 80), dtype=np.uint8),
+                                          meta={"fps": 30.0}))
+            if i == 4:
+                raw.send_multipart([b'{"magic": "skyfuse", "version": 1, "kind": "frame"}', b"xx"])
+                time.sleep(0.2)  # the raw socket is a separate pipe: let it arrive mid-stream
+            senders["visible"].send(Frame("visible", i, t, rng.integers(0, 255, (96, 120, 3), dtype=np.uint8),
+                                          meta={"fps": 30.0}))
+        for stream, sender in senders.items():
+            sender.send_eos(EndOfStream(stream))
+        assert fuse.wait(30) == 0 and sink.wait(30) == 0
+    finally:
+        raw.close(0)
+        for sender in senders.values():
+            sender.close()
+        for process in (fuse, sink):
+            process.kill() if process.poll() is None else None
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["frames_recorded"] == 10
+    assert stats["drops"]["fuse:malformed:bad_header"] == 1
+    assert read_video(output).frames == 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--visible", "/no/such/video.mp4"], "not found"),
+    (["--visible", "{empty}"], "no image"),
+    (["--visible", "camera:7"], "camera 7"),
+    (["--visible", "{seq12}", "--thermal", "{seq10}"], "12 frames and the thermal one 10"),
+    (["--engine", "nonsense"], "unknown engine 'nonsense'"),
+    (["--calibration", "{bad_rig}"], "calibration file"),
+    (["--config", "{bad_config}"], "unknown option(s) colour"),
+    (["--output", "{tmp}/video.avi"], "use a .mp4 or .mkv"),
+])
+def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    write_sequence(tmp_path / "seq12", 12, gray=False)
+    write_sequence(tmp_path / "seq10", 10, gray=True)
+    (tmp_path / "bad_rig.json").write_text('{"visible_to_thermal": [[1, 0], [0, 1]]}')
+    (tmp_path / "bad_config.yaml").write_text("visible: synthetic\ncolour: true\n")
+    paths = {name: str(tmp_path / name) for name in ("empty", "seq12", "seq10")}
+    paths.update(bad_rig=str(tmp_path / "bad_rig.json"), bad_config=str(tmp_path / "bad_config.yaml"),
+                 tmp=str(tmp_path))
+    argv = ["run", "--output", str(tmp_path / "out.mp4"), *[a.format(**paths) for a in args]]
+    result = skyfuse(*argv, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skyfuse run: error:"), result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out.mp4").exists()
