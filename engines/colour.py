@@ -7,12 +7,16 @@ import numpy as np
 
 
 def split_luma(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Y as float32 in 0..255, CrCb uint8 (H, W, 2)) of one BGR uint8 image."""
+    """(Y uint8 (H, W), the YCrCb image (H, W, 3)) of one BGR uint8 image; pass the second to
+    `merge_luma`, which reuses it for the chroma."""
     ycrcb = cv2.cvtColor(bgr, cv2.COLOR_BGR2YCrCb)
-    return ycrcb[..., 0].astype(np.float32), ycrcb[..., 1:]
+    return ycrcb[..., 0].copy(), ycrcb
 
 
-def merge_luma(luma: np.ndarray, crcb: np.ndarray) -> np.ndarray:
-    """BGR uint8 from a fused luminance (float, clipped to 0..255) and the visible chroma."""
-    y = np.clip(luma + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(np.dstack([y, crcb]), cv2.COLOR_YCrCb2BGR)
+def merge_luma(luma: np.ndarray, ycrcb: np.ndarray) -> np.ndarray:
+    """BGR uint8 from a fused luminance (uint8, or float in 0..255, rounded and clipped) and the visible
+    image's YCrCb from `split_luma` (its Y channel is overwritten)."""
+    if luma.dtype != np.uint8:
+        luma = np.clip(luma + 0.5, 0, 255).astype(np.uint8)
+    ycrcb[..., 0] = luma
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)

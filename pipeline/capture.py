@@ -8,6 +8,7 @@ sends as fast as the receiver takes them. Cameras are always real time.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 
@@ -80,13 +81,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--epoch-ns", type=int, default=None,
                         help="monotonic-clock ns of media time 0, shared by the captures of one run")
+    parser.add_argument("--epoch-from-stdin", action="store_true",
+                        help="print 'ready' once the source is open, then read the epoch (ns) from stdin: "
+                             "how `skyfuse run` starts both captures on one time base")
     args = parser.parse_args(argv)
     die_with_parent()
     stop = stop_on_signals()
     source = open_source(args.source, args.stream, fps=args.fps, frames=args.frames)
     lossless = args.mode == "lossless"
     pace = (args.pace or ("max" if lossless else "native")) == "native"
-    epoch_ns = args.epoch_ns if args.epoch_ns is not None else time.monotonic_ns()
+    epoch_ns = _epoch_from_launcher() if args.epoch_from_stdin else args.epoch_ns
+    epoch_ns = epoch_ns if epoch_ns is not None else time.monotonic_ns()
     output = Sender(args.output, lossless=lossless, stamp="capture_sent", stop=stop)
     try:
         summary = CaptureStage(source, output, pace=pace, epoch_ns=epoch_ns).run(stop)
@@ -98,3 +103,8 @@ def main(argv: list[str]) -> int:
         f"drops {summary['drops'] or 'none'}")
     return 0
 
+
+def _epoch_from_launcher() -> int | None:
+    print("ready", flush=True)
+    line = sys.stdin.readline().strip()
+    return int(line) if line.isdigit() else None  # no epoch: the launcher is stopping us

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -26,7 +27,8 @@ import yaml
 from .errors import SkyfuseError
 from .stage import MODES, die_with_parent
 
-STARTUP_MARGIN_S = 2.0  # live mode: media time 0 lies this far after launch, so all stages are up
+START_MARGIN_S = 0.3  # media time 0 lies this far after both captures reported ready
+READY_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -101,7 +103,9 @@ class StageProcess:
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline", *self.argv],
+        handshake = subprocess.PIPE if "--epoch-from-stdin" in self.argv else None
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline", *self.argv], text=True,
+                                        stdin=handshake, stdout=handshake,
                                         start_new_session=True, preexec_fn=die_with_parent)
 
     def exit_reason(self) -> str:
@@ -134,11 +138,10 @@ class Launcher:
     def _plan(self) -> list[StageProcess]:
         c, ends = self.config, self._endpoints()
         mode = ["--mode", c.mode]
-        epoch = time.monotonic_ns() + int(STARTUP_MARGIN_S * 1e9)
         captures = []
         for stream, source in (("visible", c.visible), ("thermal", c.thermal)):
             argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode,
-                    "--epoch-ns", str(epoch)]
+                    "--epoch-from-stdin"]
             # The visible stream sets the run's length; the thermal capture runs until the run ends.
             argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps)
             captures.append(StageProcess(f"capture.{stream}", argv))
@@ -175,13 +178,11 @@ class Launcher:
         """Start all stages and wait; returns the exit code for `skyfuse run`."""
         for stage in self.stages:
             stage.start()
-        failed: StageProcess | None = None
+        failed = self._start_captures_together()
         sink = self.stages[0]
-        while not self.stop_requested.is_set() and sink.process.poll() is None:
-            failed = next((s for s in self.stages if s.process.poll() not in (None, 0)), None)
-            if failed:
-                break
+        while failed is None and not self.stop_requested.is_set() and sink.process.poll() is None:
             time.sleep(0.1)
+            failed = next((s for s in self.stages if s.process.poll() not in (None, 0)), None)
         if failed:
             print(f"skyfuse run: error: stage {failed.name} {failed.exit_reason()}; stopping the others",
                   file=sys.stderr)
@@ -192,6 +193,29 @@ class Launcher:
         for stage in crashed:
             print(f"skyfuse run: stage {stage.name} {stage.exit_reason()}", file=sys.stderr)
         return 130 if self.stop_requested.is_set() else (1 if crashed else 0)
+
+    def _start_captures_together(self) -> StageProcess | None:
+        """Wait until every capture has opened its source (building the synthetic world, opening a
+        camera), then give them one epoch, so both streams share a time base from their first frame.
+        Returns a stage that failed meanwhile, if any."""
+        captures = [s for s in self.stages if s.process.stdin is not None]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for stage in captures:
+            while not self.stop_requested.is_set() and time.monotonic() < deadline:
+                if stage.process.poll() is not None:
+                    break
+                ready, _, _ = select.select([stage.process.stdout], [], [], 0.1)
+                if ready:
+                    stage.process.stdout.readline()
+                    break
+        epoch = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
+        for stage in captures:
+            try:
+                stage.process.stdin.write(f"{epoch}\n")
+                stage.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        return next((s for s in self.stages if s.process.poll() not in (None, 0)), None)
 
     def shutdown(self, settle_s: float = 3.0) -> None:
         """Stop in data-flow order: captures first, so their end-of-stream reaches the fuse stage and then
