@@ -1,0 +1,43 @@
+"""The picture a person judges a calibration by: the thermal image with the visible edges drawn over it,
+before (plain resize) and after (the calibrated warp), side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import SkyfuseError
+
+from .features import edge_strength, to_float, to_gray
+from .rig import Rig
+
+
+def edge_overlay(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray, label: str) -> np.ndarray:
+    """BGR thermal image (gray) with the visible edges, warped by `matrix` into it, in magenta."""
+    th, tw = thermal.shape[:2]
+    warped = cv2.warpPerspective(to_float(visible), matrix, (tw, th), flags=cv2.INTER_LINEAR)
+    edges = edge_strength(warped) ** 2
+    edges = np.clip(edges / (np.percentile(edges, 98) + 1e-6), 0, 1)[..., None]
+    base = cv2.cvtColor((to_gray(thermal) * 200).astype(np.uint8), cv2.COLOR_GRAY2BGR).astype(np.float32)
+    picture = base * (1 - edges) + np.array([255, 0, 255], np.float32) * edges
+    picture = picture.astype(np.uint8)
+    cv2.putText(picture, label, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(picture, label, (10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
+    return picture
+
+
+def before_after(visible: np.ndarray, thermal: np.ndarray, rig: Rig) -> np.ndarray:
+    """Two overlays side by side: the plain resize (identity rig), then the calibrated rig."""
+    size = (thermal.shape[1], thermal.shape[0])
+    naive = Rig.identity(rig.visible_size, rig.thermal_size)
+    panels = [edge_overlay(visible, thermal, r.homography_for(visible.shape, size), text)
+              for r, text in ((naive, "before: plain resize"), (rig, f"after: {rig.method} calibration"))]
+    gap = np.full((thermal.shape[0], 8, 3), 255, np.uint8)
+    return np.hstack([panels[0], gap, panels[1]])
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise SkyfuseError(f"cannot write {path}")

@@ -1,0 +1,117 @@
+"""Calibration from footage end to end: time offset first, then the geometry from frame pairs that the
+offset pairs up, spread over the whole flight (different ground in every pair makes a false match
+unlikely to repeat, and the true one adds up)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.errors import SkyfuseError
+
+from .clips import Clip
+from .features import to_float, to_gray
+from .footage import FootageConfig, estimate_geometry
+from .rig import Rig
+from .target import TargetConfig, estimate_target
+from .temporal import OffsetEstimate, TemporalConfig, estimate_offset
+
+
+@dataclass
+class FootageCalibrationConfig:
+    pairs: int = 8  # frame pairs for the geometry
+    time_offset_s: float | None = None  # a known offset: skip the temporal calibration
+    geometry: FootageConfig = field(default_factory=FootageConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+
+
+def pick_pairs(visible: Clip, thermal: Clip, offset_s: float, count: int) -> list[tuple[int, int]]:
+    """Up to `count` (visible, thermal) positions showing the same instant under `offset_s`, spread
+    evenly over the overlap of the two clips. A thermal frame pairs with the visible frame nearest to
+    the instant it shows, within half a visible frame period."""
+    period = 1.0 / visible.fps if visible.fps > 0 else math.inf
+    shown = thermal.times + offset_s
+    nearest = np.clip(np.searchsorted(visible.times, shown), 1, max(len(visible.times) - 1, 1))
+    nearest = np.where(np.abs(visible.times[nearest - 1] - shown) <= np.abs(visible.times[nearest] - shown)
+                       if len(visible.times) > 1 else True, nearest - 1, nearest)
+    close = np.abs(visible.times[nearest] - shown) <= 0.5 * period + 1e-9
+    candidates = np.flatnonzero(close)
+    if len(candidates) == 0:
+        raise SkyfuseError("no visible frame shows the same instant as any thermal frame: the streams do "
+                           "not overlap in time (check the sources, or the --time-offset given)")
+    chosen = candidates[np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round()
+                                  .astype(int))]
+    return [(int(nearest[j]), int(j)) for j in chosen]
+
+
+def _offset(visible: Clip, thermal: Clip, given: float | None, config: TemporalConfig) -> OffsetEstimate:
+    if given is not None:
+        return OffsetEstimate(given, 0.0, math.nan, 0)
+    return estimate_offset(visible.times, visible.track, thermal.times, thermal.track, config)
+
+
+def _offset_quality(offset: OffsetEstimate, visible: Clip, thermal: Clip, source: str) -> dict:
+    return {
+        "time_offset_uncertainty_s": _finite(offset.uncertainty_s),
+        "time_offset_visible_frames": round(offset.time_offset_s * visible.fps, 3),
+        "time_offset_thermal_frames": round(offset.time_offset_s * thermal.fps, 3),
+        "time_offset_source": source,
+        "motion_correlation": _finite(offset.correlation),
+    }
+
+
+def calibrate_footage(visible: Clip, thermal: Clip, config: FootageCalibrationConfig | None = None) -> Rig:
+    """The rig (homography, time offset, quality figures) from two clips of the same flight."""
+    config = config or FootageCalibrationConfig()
+    offset = _offset(visible, thermal, config.time_offset_s, config.temporal)
+    pairs = pick_pairs(visible, thermal, offset.time_offset_s, config.pairs)
+    visible_frames = visible.load([v for v, _ in pairs])
+    thermal_frames = thermal.load([t for _, t in pairs])
+    geometry = estimate_geometry([(to_float(v), to_gray(t)) for v, t in zip(visible_frames, thermal_frames)],
+                                 config.geometry)
+    quality = {
+        "corner_error_px": _finite(geometry.corner_error_px),
+        "confidence": round(geometry.confidence, 3),
+        "edge_ncc_before": round(geometry.score_before, 4),
+        "edge_ncc_after": round(geometry.score_after, 4),
+        "pairs": geometry.pairs_used,
+        "model": config.geometry.model,
+        **_offset_quality(offset, visible, thermal, "given" if config.time_offset_s is not None else "motion"),
+        **{k: _finite(float(v)) for k, v in geometry.details.items()},
+    }
+    return Rig(visible.size, thermal.size, geometry.visible_to_thermal, float(offset.time_offset_s),
+               "footage", quality)
+
+
+def calibrate_target(visible: Clip, thermal: Clip, config: TargetConfig, time_offset_s: float | None = None,
+                     max_pairs: int = 30) -> Rig:
+    """The rig from footage of a target. The time offset is the given one, else estimated from the
+    motion when the footage allows it, else 0 (a target is often filmed standing still; the quality
+    figures then say so)."""
+    source = "given"
+    try:
+        offset = _offset(visible, thermal, time_offset_s, TemporalConfig())
+        source = "motion" if time_offset_s is None else source
+    except SkyfuseError as exc:
+        offset, source = OffsetEstimate(0.0, math.nan, math.nan, 0), f"not estimated ({exc}); 0 assumed"
+    pairs = pick_pairs(visible, thermal, offset.time_offset_s, max_pairs)
+    frames = zip(visible.load([v for v, _ in pairs]), thermal.load([t for _, t in pairs]))
+    estimate = estimate_target(list(frames), config)
+    quality = {
+        "reprojection_rms_px": round(estimate.reprojection_rms_px, 4),
+        "reprojection_max_px": round(estimate.reprojection_max_px, 4),
+        "corner_error_px": round(estimate.reprojection_rms_px / math.sqrt(max(estimate.pairs_used, 1)), 4),
+        "pairs": estimate.pairs_used,
+        "pairs_tried": estimate.pairs_tried,
+        "target": f"{config.pattern} {config.grid[0]}x{config.grid[1]}",
+        **_offset_quality(offset, visible, thermal, source),
+    }
+    return Rig(visible.size, thermal.size, estimate.visible_to_thermal, float(offset.time_offset_s), "target",
+               quality)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity: an undefined figure is written as null."""
+    return round(float(value), 4) if math.isfinite(value) else None
