@@ -31,28 +31,63 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="skyfuse calibrate",
         description="Estimate the rig file: the homography mapping visible pixels to thermal pixels and the "
-                    "time offset between the streams. Writes OUTPUT (JSON) and OUTPUT with .png (the thermal "
-                    "image with the visible edges before and after calibration).")
-    p.add_argument("--visible", required=True, help="visible source (video, folder, glob, CSV#column, synthetic:...)")
+        "time offset between the streams. Writes OUTPUT (JSON) and OUTPUT with .png (the thermal "
+        "image with the visible edges before and after calibration).",
+    )
+    p.add_argument(
+        "--visible", required=True, help="visible source (video, folder, glob, CSV#column, synthetic:...)"
+    )
     p.add_argument("--thermal", required=True, help="thermal source, same forms")
     p.add_argument("--output", required=True, help="rig file to write (JSON)")
-    p.add_argument("--method", choices=("footage", "target"), default="footage",
-                   help="footage: match edges of ordinary flight footage (default); target: a heated board")
+    p.add_argument(
+        "--method",
+        choices=("footage", "target"),
+        default="footage",
+        help="footage: match edges of ordinary flight footage (default); target: a heated board",
+    )
     p.add_argument("--model", choices=MODELS, default="homography", help="footage: transform to fit")
-    p.add_argument("--fov-ratio", type=lambda t: _pair_of_numbers(t, ":", float), default=(1.2, 4.0),
-                   metavar="MIN:MAX", help="footage: visible/thermal field-of-view width ratios searched "
-                                           "(default 1.2:4)")
-    p.add_argument("--max-rotation", type=float, default=6.0, metavar="DEG",
-                   help="footage: roll between the cameras searched, ± degrees (default 6)")
-    p.add_argument("--pairs", type=int, default=8, help="footage: frame pairs used for the geometry (default 8)")
+    p.add_argument(
+        "--fov-ratio",
+        type=lambda t: _pair_of_numbers(t, ":", float),
+        default=(1.2, 4.0),
+        metavar="MIN:MAX",
+        help="footage: visible/thermal field-of-view width ratios searched (default 1.2:4)",
+    )
+    p.add_argument(
+        "--max-rotation",
+        type=float,
+        default=6.0,
+        metavar="DEG",
+        help="footage: roll between the cameras searched, ± degrees (default 6)",
+    )
+    p.add_argument(
+        "--pairs", type=int, default=8, help="footage: frame pairs used for the geometry (default 8)"
+    )
     p.add_argument("--pattern", choices=PATTERNS, default="checkerboard", help="target: board type")
-    p.add_argument("--grid", type=lambda t: _pair_of_numbers(t, "x", int), default=(9, 6), metavar="COLSxROWS",
-                   help="target: inner corners (checkerboard) or circles per row and column (default 9x6)")
-    p.add_argument("--time-offset", type=float, default=None, metavar="S",
-                   help="use this thermal→visible offset (s) instead of estimating it from the motion")
-    p.add_argument("--max-offset", type=float, default=1.0, metavar="S",
-                   help="largest time offset searched, ± seconds (default 1)")
-    p.add_argument("--frames", type=int, default=300, help="read at most this many frames per stream (default 300)")
+    p.add_argument(
+        "--grid",
+        type=lambda t: _pair_of_numbers(t, "x", int),
+        default=(9, 6),
+        metavar="COLSxROWS",
+        help="target: inner corners (checkerboard) or circles per row and column (default 9x6)",
+    )
+    p.add_argument(
+        "--time-offset",
+        type=float,
+        default=None,
+        metavar="S",
+        help="use this thermal→visible offset (s) instead of estimating it from the motion",
+    )
+    p.add_argument(
+        "--max-offset",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="largest time offset searched, ± seconds (default 1)",
+    )
+    p.add_argument(
+        "--frames", type=int, default=300, help="read at most this many frames per stream (default 300)"
+    )
     p.add_argument("--visible-fps", type=float, default=None, help="frame rate of a visible image sequence")
     p.add_argument("--thermal-fps", type=float, default=None, help="frame rate of a thermal image sequence")
     return p
@@ -72,9 +107,13 @@ def main(argv: list[str]) -> int:
     thermal = clip_from_source(args.thermal, "thermal", fps=args.thermal_fps, frames=args.frames)
     if args.method == "footage":
         config = FootageCalibrationConfig(
-            pairs=args.pairs, time_offset_s=args.time_offset,
-            geometry=FootageConfig(model=args.model, fov_ratio=(low, high), max_rotation_deg=args.max_rotation),
-            temporal=TemporalConfig(max_offset_s=args.max_offset))
+            pairs=args.pairs,
+            time_offset_s=args.time_offset,
+            geometry=FootageConfig(
+                model=args.model, fov_ratio=(low, high), max_rotation_deg=args.max_rotation
+            ),
+            temporal=TemporalConfig(max_offset_s=args.max_offset),
+        )
         rig = calibrate_footage(visible, thermal, config)
     else:
         rig = calibrate_target(visible, thermal, TargetConfig(args.pattern, args.grid), args.time_offset)
@@ -96,10 +135,14 @@ def _summary(rig: Rig, output: Path, picture: Path) -> str:
     q = rig.quality
     lines = [f"wrote {output} ({rig.method}) and {picture}"]
     if rig.method == "footage":
-        lines.append(f"  geometry: edge NCC {q['edge_ncc_before']} -> {q['edge_ncc_after']}, estimated corner "
-                     f"error {q['corner_error_px']} px, confidence {q['confidence']}")
+        lines.append(
+            f"  geometry: edge NCC {q['edge_ncc_before']} -> {q['edge_ncc_after']}, estimated corner "
+            f"error {q['corner_error_px']} px, confidence {q['confidence']}"
+        )
     else:
         lines.append(f"  geometry: reprojection RMS {q['reprojection_rms_px']} px over {q['pairs']} pairs")
-    lines.append(f"  time offset: {rig.time_offset_s:+.4f} s ({q['time_offset_visible_frames']:+} visible frames) "
-                 f"± {q['time_offset_uncertainty_s']} s [{q['time_offset_source']}]")
+    lines.append(
+        f"  time offset: {rig.time_offset_s:+.4f} s ({q['time_offset_visible_frames']:+} visible frames) "
+        f"± {q['time_offset_uncertainty_s']} s [{q['time_offset_source']}]"
+    )
     return "\n".join(lines)

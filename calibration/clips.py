@@ -42,8 +42,9 @@ def clip_from_render(stream: str, times: Sequence[float], render: Callable[[int]
     if first is None:
         raise SkyfuseError(f"the {stream} footage has no frames")
     size = (first.shape[1], first.shape[0])
-    return Clip(stream, np.asarray(times, float), tracker.track(), size,
-                lambda wanted: [render(i) for i in wanted])
+    return Clip(
+        stream, np.asarray(times, float), tracker.track(), size, lambda wanted: [render(i) for i in wanted]
+    )
 
 
 def clip_from_source(spec: str, stream: str, *, fps: float | None = None, frames: int | None = None) -> Clip:

@@ -35,7 +35,7 @@ class FootageConfig:
     coarse_width: int = 64  # thermal width (px) of the global search
     fine_width: int = 160  # thermal width of the local search
     coarse_pairs: int = 4  # frame pairs used by the searches (ECC uses all)
-    min_score: float = 0.2  # the final edge NCC below which the footage is said not to constrain it
+    min_score: float = 0.1  # the final edge NCC below which the footage is said not to constrain it
     min_contrast: float = 1.02  # best / runner-up global score below which the match is ambiguous
 
 
@@ -113,7 +113,10 @@ class _Search:
         rot = np.vstack([cv2.getRotationMatrix2D((sw / 2, sh / 2), angle, 1.0), [0, 0, 1]])
         corners = cv2.transform(np.array([[[0, 0], [sw, 0], [sw, sh], [0, sh]]], np.float64), rot[:2])[0]
         low, high = corners.min(axis=0), corners.max(axis=0)
-        size = (int(math.ceil(high[0] - low[0])) + 2 * self.pad, int(math.ceil(high[1] - low[1])) + 2 * self.pad)
+        size = (
+            int(math.ceil(high[0] - low[0])) + 2 * self.pad,
+            int(math.ceil(high[1] - low[1])) + 2 * self.pad,
+        )
         size = (max(size[0], tw + 1), max(size[1], th + 1))
         shift = np.array([[1, 0, self.pad - low[0]], [0, 1, self.pad - low[1]], [0, 0, 1]])
         to_canvas = shift @ rot
@@ -124,7 +127,9 @@ class _Search:
             total = response if total is None else total + response
         total /= len(small)
         _, best, _, (x, y) = cv2.minMaxLoc(total)
-        to_thermal = np.array([[1, 0, -x], [0, 1, -y], [0, 0, 1]]) @ to_canvas @ _resize_matrix(sw / vw, sh / vh)
+        to_thermal = (
+            np.array([[1, 0, -x], [0, 1, -y], [0, 0, 1]]) @ to_canvas @ _resize_matrix(sw / vw, sh / vh)
+        )
         return _Candidate(best, ratio, angle, to_thermal)
 
 
@@ -139,13 +144,12 @@ def _global_search(pairs, config: FootageConfig) -> list[_Candidate]:
     return sorted(candidates, key=lambda c: -c.score)
 
 
-def _distinct(candidates: list[_Candidate], width: int) -> list[_Candidate]:
-    """Local maxima: drop candidates close (in scale and position) to a better one already kept."""
+def _distinct(candidates: list[_Candidate], size: tuple[int, int]) -> list[_Candidate]:
+    """Local maxima: drop candidates that put the thermal view within a tenth of its width of where a
+    better candidate already kept puts it (the same peak seen at a neighbouring scale or roll)."""
     kept: list[_Candidate] = []
     for cand in candidates:
-        centre = cand.matrix @ np.array([0.0, 0.0, 1.0])
-        if all(abs(math.log(cand.ratio / k.ratio)) > 0.12
-               or np.linalg.norm(centre[:2] / centre[2] - (k.matrix @ [0, 0, 1])[:2]) > width / 16 for k in kept):
+        if all(corner_error(cand.matrix, k.matrix, size) > size[0] / 10 for k in kept):
             kept.append(cand)
     return kept
 
@@ -178,8 +182,9 @@ def _ecc(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray, motion: i
     residual = np.eye(3, 3, dtype=np.float32)[: 3 if motion == cv2.MOTION_HOMOGRAPHY else 2]
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4)
     try:
-        _, residual = cv2.findTransformECC(edge_strength(thermal), edge_strength(warped) * mask, residual,
-                                           motion, criteria, mask, 1)
+        _, residual = cv2.findTransformECC(
+            edge_strength(thermal), edge_strength(warped) * mask, residual, motion, criteria, mask, 1
+        )
     except cv2.error:
         return None
     residual = np.vstack([residual, [0, 0, 1]])[:3] if residual.shape[0] == 2 else residual
@@ -209,14 +214,20 @@ def _combine(matrices: list[np.ndarray], size: tuple[int, int]) -> tuple[np.ndar
     """The per-corner median of the per-pair estimates (robust to a pair where ECC went astray) and the
     estimated error at the corners: the spread of the agreeing pairs over √n."""
     corners = thermal_corners(size).astype(np.float32)
-    in_visible = np.stack([cv2.perspectiveTransform(corners.reshape(-1, 1, 2).astype(np.float64),
-                                                    np.linalg.inv(m)).reshape(-1, 2) for m in matrices])
+    in_visible = np.stack(
+        [
+            cv2.perspectiveTransform(corners.reshape(-1, 1, 2).astype(np.float64), np.linalg.inv(m)).reshape(
+                -1, 2
+            )
+            for m in matrices
+        ]
+    )
     result = cv2.getPerspectiveTransform(np.median(in_visible, axis=0).astype(np.float32), corners)
     errors = np.array([corner_error(m, result, size) for m in matrices])
     agreeing = errors[errors <= max(2.0, 3 * np.median(errors))]
     if len(agreeing) < 2:
         return result, math.nan
-    return result, float(np.sqrt(np.mean(agreeing ** 2) / (len(agreeing) - 1)))
+    return result, float(np.sqrt(np.mean(agreeing**2) / (len(agreeing) - 1)))
 
 
 def edge_score(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray) -> float:
@@ -228,8 +239,9 @@ def edge_score(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray) -> 
     return ncc(edge_strength(warped), edge_strength(thermal), mask)
 
 
-def estimate_geometry(pairs: list[tuple[np.ndarray, np.ndarray]], config: FootageConfig | None = None
-                      ) -> GeometryEstimate:
+def estimate_geometry(
+    pairs: list[tuple[np.ndarray, np.ndarray]], config: FootageConfig | None = None
+) -> GeometryEstimate:
     """The visible→thermal transform from (visible gray, thermal gray) float pairs taken at the same
     instant. Raises SkyfuseError when the footage does not constrain it."""
     config = config or FootageConfig()
@@ -242,15 +254,18 @@ def estimate_geometry(pairs: list[tuple[np.ndarray, np.ndarray]], config: Footag
     step = max(1, len(pairs) // config.coarse_pairs)
     search_pairs = pairs[::step][: config.coarse_pairs]
 
-    candidates = _distinct(_global_search(search_pairs, config), config.coarse_width)
+    coarse_size = (config.coarse_width, round(th * config.coarse_width / tw))
+    candidates = _distinct(_global_search(search_pairs, config), coarse_size)
     contrast = candidates[0].score / max(candidates[1].score, 1e-6) if len(candidates) > 1 else math.inf
     best = max((_local_search(search_pairs, c, config) for c in candidates[:2]), key=lambda c: c.score)
     fine_h = round(th * config.fine_width / tw)
     start = _resize_matrix(tw / config.fine_width, th / fine_h) @ best.matrix
     refined = _refine(pairs, _to_model(start, config.model, (tw, th)), config.model)
     if not refined:
-        raise SkyfuseError("the footage does not constrain the geometry: the fine alignment diverged on "
-                           "every frame pair (too little texture shared by the two cameras?)")
+        raise SkyfuseError(
+            "the footage does not constrain the geometry: the fine alignment diverged on "
+            "every frame pair (too little texture shared by the two cameras?)"
+        )
     matrix, spread = _combine(refined, (tw, th))
     matrix = _to_model(matrix, config.model, (tw, th))
     identity = np.diag([tw / vw, th / vh, 1.0])  # Rig.identity: the plain resize
@@ -259,13 +274,19 @@ def estimate_geometry(pairs: list[tuple[np.ndarray, np.ndarray]], config: Footag
     if after < config.min_score or contrast < config.min_contrast:
         raise SkyfuseError(
             f"the footage does not constrain the geometry: best edge correlation {after:.2f} "
-            f"(needs ≥ {config.min_score}), best/runner-up match {contrast:.3f} (needs ≥ {config.min_contrast}); "
-            "check that both streams show the same overlapping scene with visible texture")
+            f"(needs ≥ {config.min_score}), best/runner-up match {contrast:.3f} "
+            f"(needs ≥ {config.min_contrast}); "
+            "check that both streams show the same overlapping scene with visible texture"
+        )
     # Confidence: each factor in 0..1 — a distinct global peak, a strong final correlation, pairs that agree.
     agree = 1.0 / (1.0 + (spread if math.isfinite(spread) else 2.0))
     confidence = min(1.0, (contrast - 1.0) * 10) * min(1.0, after / 0.5) * agree
-    details = {"fov_ratio": best.ratio, "rotation_deg": best.angle, "search_contrast": contrast,
-               "pairs_refined": len(refined)}
+    details = {
+        "fov_ratio": best.ratio,
+        "rotation_deg": best.angle,
+        "search_contrast": contrast,
+        "pairs_refined": len(refined),
+    }
     return GeometryEstimate(matrix, spread, confidence, before, after, len(pairs), details)
 
 

@@ -34,15 +34,23 @@ def pick_pairs(visible: Clip, thermal: Clip, offset_s: float, count: int) -> lis
     period = 1.0 / visible.fps if visible.fps > 0 else math.inf
     shown = thermal.times + offset_s
     nearest = np.clip(np.searchsorted(visible.times, shown), 1, max(len(visible.times) - 1, 1))
-    nearest = np.where(np.abs(visible.times[nearest - 1] - shown) <= np.abs(visible.times[nearest] - shown)
-                       if len(visible.times) > 1 else True, nearest - 1, nearest)
+    nearest = np.where(
+        np.abs(visible.times[nearest - 1] - shown) <= np.abs(visible.times[nearest] - shown)
+        if len(visible.times) > 1
+        else True,
+        nearest - 1,
+        nearest,
+    )
     close = np.abs(visible.times[nearest] - shown) <= 0.5 * period + 1e-9
     candidates = np.flatnonzero(close)
     if len(candidates) == 0:
-        raise SkyfuseError("no visible frame shows the same instant as any thermal frame: the streams do "
-                           "not overlap in time (check the sources, or the --time-offset given)")
-    chosen = candidates[np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round()
-                                  .astype(int))]
+        raise SkyfuseError(
+            "no visible frame shows the same instant as any thermal frame: the streams do "
+            "not overlap in time (check the sources, or the --time-offset given)"
+        )
+    chosen = candidates[
+        np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
+    ]
     return [(int(nearest[j]), int(j)) for j in chosen]
 
 
@@ -69,8 +77,9 @@ def calibrate_footage(visible: Clip, thermal: Clip, config: FootageCalibrationCo
     pairs = pick_pairs(visible, thermal, offset.time_offset_s, config.pairs)
     visible_frames = visible.load([v for v, _ in pairs])
     thermal_frames = thermal.load([t for _, t in pairs])
-    geometry = estimate_geometry([(to_float(v), to_gray(t)) for v, t in zip(visible_frames, thermal_frames)],
-                                 config.geometry)
+    geometry = estimate_geometry(
+        [(to_float(v), to_gray(t)) for v, t in zip(visible_frames, thermal_frames)], config.geometry
+    )
     quality = {
         "corner_error_px": _finite(geometry.corner_error_px),
         "confidence": round(geometry.confidence, 3),
@@ -78,15 +87,28 @@ def calibrate_footage(visible: Clip, thermal: Clip, config: FootageCalibrationCo
         "edge_ncc_after": round(geometry.score_after, 4),
         "pairs": geometry.pairs_used,
         "model": config.geometry.model,
-        **_offset_quality(offset, visible, thermal, "given" if config.time_offset_s is not None else "motion"),
+        **_offset_quality(
+            offset, visible, thermal, "given" if config.time_offset_s is not None else "motion"
+        ),
         **{k: _finite(float(v)) for k, v in geometry.details.items()},
     }
-    return Rig(visible.size, thermal.size, geometry.visible_to_thermal, float(offset.time_offset_s),
-               "footage", quality)
+    return Rig(
+        visible.size,
+        thermal.size,
+        geometry.visible_to_thermal,
+        float(offset.time_offset_s),
+        "footage",
+        quality,
+    )
 
 
-def calibrate_target(visible: Clip, thermal: Clip, config: TargetConfig, time_offset_s: float | None = None,
-                     max_pairs: int = 30) -> Rig:
+def calibrate_target(
+    visible: Clip,
+    thermal: Clip,
+    config: TargetConfig,
+    time_offset_s: float | None = None,
+    max_pairs: int = 30,
+) -> Rig:
     """The rig from footage of a target. The time offset is the given one, else estimated from the
     motion when the footage allows it, else 0 (a target is often filmed standing still; the quality
     figures then say so)."""
@@ -108,8 +130,14 @@ def calibrate_target(visible: Clip, thermal: Clip, config: TargetConfig, time_of
         "target": f"{config.pattern} {config.grid[0]}x{config.grid[1]}",
         **_offset_quality(offset, visible, thermal, source),
     }
-    return Rig(visible.size, thermal.size, estimate.visible_to_thermal, float(offset.time_offset_s), "target",
-               quality)
+    return Rig(
+        visible.size,
+        thermal.size,
+        estimate.visible_to_thermal,
+        float(offset.time_offset_s),
+        "target",
+        quality,
+    )
 
 
 def _finite(value: float) -> float | None:

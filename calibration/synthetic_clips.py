@@ -27,20 +27,30 @@ def scene_time(t: np.ndarray | float, wobble: float = 0.6) -> np.ndarray:
     return t + wobble * (0.6 * np.sin(2.3 * t) / 2.3 + 0.4 * np.sin(5.1 * t + 1.0) / 5.1)
 
 
-def synthetic_clips(config: FlightConfig, seconds: float, visible_fps: float = 30.0,
-                    thermal_fps: float = 30.0, time_offset_s: float = 0.0, start_s: float = 0.0
-                    ) -> tuple[Clip, Clip, SyntheticFlight]:
+def synthetic_clips(
+    config: FlightConfig,
+    seconds: float,
+    visible_fps: float = 30.0,
+    thermal_fps: float = 30.0,
+    time_offset_s: float = 0.0,
+    start_s: float = 1.0,
+) -> tuple[Clip, Clip, SyntheticFlight]:
     """(visible clip, thermal clip, flight) of `seconds` of re-timed flight; the thermal clip runs
     `time_offset_s` ahead (same convention as Rig.time_offset_s). The flight's own time_offset_s and
     frame rates are replaced."""
-    flight = SyntheticFlight(replace(config, visible_fps=RENDER_FPS, thermal_fps=RENDER_FPS, time_offset_s=0.0))
+    flight = SyntheticFlight(
+        replace(config, visible_fps=RENDER_FPS, thermal_fps=RENDER_FPS, time_offset_s=0.0)
+    )
 
     def index(t: float) -> int:
         return int(round(float(scene_time(start_s + t)) * RENDER_FPS))
 
     visible_times = np.arange(math.floor(seconds * visible_fps)) / visible_fps
     thermal_times = np.arange(math.floor(seconds * thermal_fps)) / thermal_fps
-    visible = clip_from_render("visible", visible_times, lambda i: flight.visible_frame(index(visible_times[i])))
-    thermal = clip_from_render("thermal", thermal_times,
-                               lambda i: flight.thermal_frame(index(thermal_times[i] + time_offset_s)))
+    visible = clip_from_render(
+        "visible", visible_times, lambda i: flight.visible_frame(index(visible_times[i]))
+    )
+    thermal = clip_from_render(
+        "thermal", thermal_times, lambda i: flight.thermal_frame(index(thermal_times[i] + time_offset_s))
+    )
     return visible, thermal, flight

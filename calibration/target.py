@@ -93,7 +93,8 @@ def estimate_target(pairs: list[tuple[np.ndarray, np.ndarray]], config: TargetCo
         raise SkyfuseError(
             f"the {config.pattern} target ({config.grid[0]}x{config.grid[1]}) was not found in both views of "
             f"any of {len(pairs)} frame pairs (found in {seen['visible']} visible and {seen['thermal']} "
-            "thermal frames): check --grid and that the board is heated and fully in view")
+            "thermal frames): check --grid and that the board is heated and fully in view"
+        )
     src, dst = np.concatenate(sources), np.concatenate(targets)
     matrix, inliers = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
     if matrix is None:
@@ -101,5 +102,10 @@ def estimate_target(pairs: list[tuple[np.ndarray, np.ndarray]], config: TargetCo
     keep = inliers.ravel() > 0
     matrix, _ = cv2.findHomography(src[keep], dst[keep], 0)  # least squares on the inliers
     errors = np.linalg.norm(cv2.perspectiveTransform(src[None], matrix)[0] - dst, axis=1)
-    return TargetEstimate(matrix / matrix[2, 2], float(np.sqrt(np.mean(errors[keep] ** 2))), float(errors.max()),
-                          len(sources), len(pairs))
+    return TargetEstimate(
+        matrix / matrix[2, 2],
+        float(np.sqrt(np.mean(errors[keep] ** 2))),
+        float(errors.max()),
+        len(sources),
+        len(pairs),
+    )

@@ -70,14 +70,21 @@ class MotionTracker:
 
 def _check(times: np.ndarray, name: str) -> None:
     if len(times) < MIN_FRAMES:
-        raise SkyfuseError(f"temporal calibration needs at least {MIN_FRAMES} frames of the {name} stream, "
-                           f"got {len(times)} (give a fixed --time-offset to skip it)")
+        raise SkyfuseError(
+            f"temporal calibration needs at least {MIN_FRAMES} frames of the {name} stream, "
+            f"got {len(times)} (give a fixed --time-offset to skip it)"
+        )
     if np.any(np.diff(times) <= 0):
         raise SkyfuseError(f"the {name} stream's timestamps do not increase")
 
 
-def estimate_offset(visible_times: np.ndarray, visible_track: np.ndarray, thermal_times: np.ndarray,
-                    thermal_track: np.ndarray, config: TemporalConfig | None = None) -> OffsetEstimate:
+def estimate_offset(
+    visible_times: np.ndarray,
+    visible_track: np.ndarray,
+    thermal_times: np.ndarray,
+    thermal_track: np.ndarray,
+    config: TemporalConfig | None = None,
+) -> OffsetEstimate:
     """The thermal→visible clock offset from each stream's frame times (s) and motion track (N, 2).
     The two tracks may be in different pixel units (only their correlation matters)."""
     config = config or TemporalConfig()
@@ -97,18 +104,25 @@ def estimate_offset(visible_times: np.ndarray, visible_track: np.ndarray, therma
     scores, counts = _correlations(offsets * sign, slow_times, slow_steps, fast_times, fast_track)
     usable = counts >= max(MIN_FRAMES - 1, 0.3 * len(slow_steps))
     if not usable.any():
-        raise SkyfuseError("the visible and thermal streams do not overlap in time within "
-                           f"±{config.max_offset_s} s: mismatched sequences?")
+        raise SkyfuseError(
+            "the visible and thermal streams do not overlap in time within "
+            f"±{config.max_offset_s} s: mismatched sequences?"
+        )
     if float(np.std(slow_steps - slow_steps.mean(axis=0))) < 1e-3:
-        raise SkyfuseError("the footage does not constrain the time offset: the image motion does not vary "
-                           "(hovering or flying straight at constant speed); give a fixed --time-offset")
+        raise SkyfuseError(
+            "the footage does not constrain the time offset: the image motion does not vary "
+            "(hovering or flying straight at constant speed); give a fixed --time-offset"
+        )
     peak_score, peak = _peak(offsets, np.where(usable, scores, -np.inf))
     if peak_score < config.min_correlation:
-        raise SkyfuseError(f"the motion of the two streams does not match (best correlation "
-                           f"{peak_score:.2f}, needs ≥ {config.min_correlation}): mismatched sequences or "
-                           "too little motion")
-    uncertainty = _jackknife(offsets, usable, slow_times, slow_steps, fast_times, fast_track, sign,
-                             config.blocks)
+        raise SkyfuseError(
+            f"the motion of the two streams does not match (best correlation "
+            f"{peak_score:.2f}, needs ≥ {config.min_correlation}): mismatched sequences or "
+            "too little motion"
+        )
+    uncertainty = _jackknife(
+        offsets, usable, slow_times, slow_steps, fast_times, fast_track, sign, config.blocks
+    )
     # The grid and the linear interpolation bound the resolution from below.
     uncertainty = math.hypot(uncertainty, fast_period / 20)
     return OffsetEstimate(peak, uncertainty, peak_score, int(counts[np.argmin(np.abs(offsets - peak))]))
@@ -122,8 +136,13 @@ def _correlations(shifts, slow_times, slow_steps, fast_times, fast_track, keep=N
     inside = (starts >= fast_times[0]) & (ends <= fast_times[-1])
     if keep is not None:
         inside &= keep[None, :]
-    fast = np.stack([np.interp(ends, fast_times, column) - np.interp(starts, fast_times, column)
-                     for column in fast_track.T], axis=-1)
+    fast = np.stack(
+        [
+            np.interp(ends, fast_times, column) - np.interp(starts, fast_times, column)
+            for column in fast_track.T
+        ],
+        axis=-1,
+    )
     slow = np.broadcast_to(slow_steps, fast.shape)
     weight = inside[..., None].astype(float)
     count = inside.sum(axis=1)
@@ -131,15 +150,15 @@ def _correlations(shifts, slow_times, slow_steps, fast_times, fast_track, keep=N
     slow_c = (slow - (slow * weight).sum(axis=1, keepdims=True) / safe[..., None]) * weight
     fast_c = (fast - (fast * weight).sum(axis=1, keepdims=True) / safe[..., None]) * weight
     num = (slow_c * fast_c).sum(axis=(1, 2))
-    den = np.sqrt((slow_c ** 2).sum(axis=(1, 2)) * (fast_c ** 2).sum(axis=(1, 2)))
+    den = np.sqrt((slow_c**2).sum(axis=(1, 2)) * (fast_c**2).sum(axis=(1, 2)))
     return np.where(den > 0, num / np.maximum(den, 1e-12), -1.0), count
 
 
 def _peak(offsets: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """The best score and its offset, refined between grid points by a parabola through the neighbours."""
     i = int(np.argmax(scores))
-    if 0 < i < len(scores) - 1 and np.all(np.isfinite(scores[i - 1:i + 2])):
-        a, b, c = scores[i - 1:i + 2]
+    if 0 < i < len(scores) - 1 and np.all(np.isfinite(scores[i - 1 : i + 2])):
+        a, b, c = scores[i - 1 : i + 2]
         curvature = a - 2 * b + c
         if curvature < 0:
             delta = 0.5 * (a - c) / curvature

