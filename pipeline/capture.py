@@ -1,8 +1,9 @@
 """The capture stage: reads one source and sends its frames, stamped at capture, to a fuse stage.
 
 Port: `output` (connects to the fuse stage's input for this stream). Pacing: `native` replays files and
-the synthetic flight at their own frame rate (a late frame is skipped, like a real camera would), `max`
-sends as fast as the receiver takes them. Cameras are always real time.
+the synthetic flight at their own frame rate (in live mode a frame already late by a frame period is
+skipped, as a real camera would lose it), `max` sends as fast as the receiver takes them. Cameras are
+always real time.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class CaptureStage:
                 delay_ns = media_ns - time.monotonic_ns()
                 if delay_ns > 0:
                     stop.wait(delay_ns / 1e9)
-                elif -delay_ns > period_ns:
-                    self.stats.drops["late"] += 1
+                elif -delay_ns > period_ns and not self.output.lossless:
+                    self.stats.drops["late"] += 1  # live: keep to real time, like a camera would
                     continue
             capture_ns = time.monotonic_ns() if self.source.live else media_ns
             frame = Frame(stream=self.source.stream, seq=item.index, capture_ns=capture_ns, image=item.image,
