@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from .errors import SkyfuseError
-from .stage import MODES, die_with_parent
+from .stage import MODES, die_with_parent, parse_options
 
 START_MARGIN_S = 0.3  # media time 0 lies this far after both captures reported ready
 READY_TIMEOUT_S = 120.0
@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thermal", help="thermal source (same kinds)")
     parser.add_argument("--output", help="recording (.mp4 fragmented, or .mkv)")
     parser.add_argument("--stats", help="statistics JSON (default: stats.json beside the recording)")
-    parser.add_argument("--engine", help="fusion engine (blend, pyramid, ...)")
+    parser.add_argument("--engine", help="fusion engine (blend, pyramid, onnxruntime, auto, ...)")
+    parser.add_argument("--engine-options", help="engine options KEY=VALUE,... (e.g. model=skyfuse-rt)")
     parser.add_argument("--mode", choices=MODES, help="live (default) or lossless")
     parser.add_argument("--pace", choices=("native", "max"),
                         help="replay rate of files and the synthetic flight")
@@ -307,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, help="pairs fused per engine call")
     parser.add_argument("--live-view", type=int, metavar="PORT", help="MJPEG live view port on 127.0.0.1")
     parser.add_argument("--transport", choices=("ipc", "tcp"), help="links between stages (default ipc)")
+    for flag, text in (("hud", "the HUD overlay"), ("pip", "picture-in-picture of the inputs"),
+                       ("colormap", "false-colour thermal thumbnail")):
+        parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=text)
     parser.add_argument("--allow-unequal-length", action="store_true", default=None,
                         help="accept file sequences of different lengths at the same frame rate")
     return parser
@@ -314,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = vars(build_parser().parse_args(argv))
+    if args["engine_options"] is not None:
+        args["engine_options"] = parse_options(args["engine_options"], "--engine-options")
     config = load_config(args.pop("config"), args)
     check_config(config)
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,27 @@ def test_sigterm_stops_cleanly_and_finalises_the_recording(tmp_path):
     assert not [pid for pid in stages if alive(pid)], "no orphaned stage processes"
 
 
+def test_a_launcher_killed_outright_leaves_no_orphans_and_a_playable_recording(tmp_path):
+    output = tmp_path / "fused.mkv"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
+                                "--thermal", f"synthetic:{SMALL}", "--output", str(output)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    sidecar = output.with_name("fused.mkv.frames.jsonl")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(read_sidecar(sidecar) if sidecar.exists() else []) < 20:
+        time.sleep(0.2)
+    stages = children_of(process.pid)
+    assert len(stages) == 4
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(pid) for pid in stages):
+        time.sleep(0.1)
+    assert not [pid for pid in stages if alive(pid)], "stages stop when their launcher dies"
+    assert read_video(output).frames >= 20
+    assert stats_of(output)["frames_recorded"] == len(read_sidecar(sidecar))
+
+
 def test_a_crashed_stage_is_reported_the_rest_stop_and_the_recording_plays(tmp_path):
     output = tmp_path / "fused.mp4"
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
