@@ -1,9 +1,15 @@
 """The fuse stage: pair visible and thermal frames by time, pre-warp by the rig, fuse with an engine.
 
-Ports: `visible` and `thermal` inputs (bound), `output` (connects to the sink). In lossless mode it reads
-whichever input is behind in media time, so both streams advance together with bounded buffering and
-nothing is dropped; in live mode it drains both inputs every turn and, when the engine falls behind,
-fuses only the newest pairs (the older ones are dropped as `engine_busy`), so latency stays flat.
+It serves one or more camera pairs (`links`: several drones into one ground station), each with its own
+ports — `visible` and `thermal` inputs (bound) and an `output` (connects to that pair's sink) — its own
+pairing, calibration, AGC and statistics. Pairs that are ready, from any link, are fused together in one
+batched engine call of at most `batch` frames, waiting at most `max_wait_s` for a batch to fill; each
+link's frames keep their order and timestamps.
+
+Flow control: in lossless mode each link reads whichever input is behind in media time, so both streams
+advance together with bounded buffering and nothing is dropped; in live mode every input is drained each
+turn and, when the engine falls behind, only a link's newest pairs are fused (the older ones are dropped
+as `engine_busy`), so latency stays flat.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -31,55 +38,29 @@ from .wire import Receiver, Sender, close_transport
 THUMBNAIL_SCALE = 4  # picture-in-picture inputs travel at 1/4 size
 
 
-class FuseStage:
-    name = "fuse"
+@dataclass
+class Link:
+    """One camera pair served by the fuse stage: its ports, pairing, calibration and statistics."""
 
-    def __init__(self, visible: Receiver, thermal: Receiver, output: Sender, engine: Engine, *,
-                 policy: PairingPolicy, rig: Rig | None, output_size: tuple[int, int] | None = None,
-                 batch: int = 1, thumbnails: bool = True):
-        self.visible, self.thermal, self.output, self.engine = visible, thermal, output, engine
-        self.lossless = output.lossless
-        self.pairer = Pairer(policy)
-        self.rig, self.output_size, self.batch, self.thumbnails = rig, output_size, max(1, batch), thumbnails
-        self.agc = ThermalAGC()
-        self.stats = StageStats(self.name)
-        self.upstream_drops: dict[str, dict[str, int]] = {}  # latest cumulative drops per capture stage
-        self.upstream_stats: dict[str, dict] = {}
+    name: str
+    visible: Receiver
+    thermal: Receiver
+    output: Sender
+    pairer: Pairer
+    rig: Rig | None = None
+    agc: ThermalAGC = field(default_factory=ThermalAGC)
+    upstream_drops: dict = field(default_factory=dict)  # latest cumulative drops per capture stage
+    upstream_stats: dict = field(default_factory=dict)  # final statistics from end-of-stream messages
+    ended: bool = False  # end-of-stream sent downstream
 
-    def run(self, stop) -> dict:
-        """Fuse until both inputs have ended (or `stop` is set), then send end-of-stream (also when the
-        engine fails, so the sink finalises the recording at once). Returns the stage's statistics."""
-        poller = zmq.Poller()
-        poller.register(self.visible.socket, zmq.POLLIN)
-        poller.register(self.thermal.socket, zmq.POLLIN)
-        try:
-            while not stop.is_set() and not self._finished():
-                if self.lossless:
-                    message = self._port_behind().recv(100)
-                    if message is not None:
-                        self._accept(message)
-                else:
-                    if not (self.visible.pending() or self.thermal.pending()):
-                        poller.poll(20)
-                    for port in (self.visible, self.thermal):
-                        while (message := port.recv(0)) is not None:
-                            self._accept(message)
-                self._fuse_ready()
-            self._fuse_ready()
-        finally:
-            self.stats.drops = self._own_drops()
-            summary = self.stats.summary()
-            summary["engine"] = self.engine.describe()
-            summary["pairing"] = dict(self.pairer.counts)
-            stats = {**self.upstream_stats, self.name: summary}
-            if not self.output.send_eos(EndOfStream("fused", {"stats": stats}), timeout_ms=10_000):
-                log(self.name, "no sink took the end-of-stream message")
-        return summary
+    def __post_init__(self):
+        self.stats = StageStats("fuse" if self.name == "main" else f"fuse.{self.name}")
 
-    def _finished(self) -> bool:
+    @property
+    def inputs_done(self) -> bool:
         return self.pairer.visible_ended and not self.pairer.visible
 
-    def _port_behind(self) -> Receiver:
+    def port_behind(self) -> Receiver:
         """Lossless: the input to read next so that neither stream runs ahead of the other."""
         pairer = self.pairer
         if pairer.visible_ended:
@@ -91,7 +72,7 @@ class FuseStage:
             return self.thermal
         return self.visible
 
-    def _accept(self, message: Frame | EndOfStream) -> None:
+    def accept(self, message: Frame | EndOfStream) -> None:
         if isinstance(message, EndOfStream):
             self.upstream_stats.update(message.meta.get("stats", {}))
             (self.pairer.end_visible if message.stream == "visible" else self.pairer.end_thermal)()
@@ -106,67 +87,177 @@ class FuseStage:
         else:
             self.stats.drops["unknown_stream"] += 1
 
-    def _fuse_ready(self) -> None:
-        pairs = self.pairer.pop_ready()
-        if not self.lossless and len(pairs) > self.batch:
-            self.stats.drops["engine_busy"] += len(pairs) - self.batch
-            pairs = pairs[-self.batch:]
-        for start in range(0, len(pairs), self.batch):
-            self._fuse_batch(pairs[start:start + self.batch])
-
-    def _fuse_batch(self, pairs: list[Pair]) -> None:
-        started = time.time_ns()
-        thermal = np.stack([self._prepare_thermal(p.thermal.image) for p in pairs])
-        size = (thermal.shape[2], thermal.shape[1])
-        visible = np.stack([self._prewarp(p.visible.image, size) for p in pairs])
-        try:
-            result = self.engine.fuse(visible, thermal)
-        except Exception as exc:  # a backend failure ends the stage with a message, not a traceback
-            raise SkyfuseError(f"engine {self.engine.describe()} failed on visible frame "
-                               f"{pairs[0].visible.seq}: {type(exc).__name__}: {exc}") from exc
-        finished = time.time_ns()
-        self.stats.add_latency("engine_per_frame", (finished - started) / 1e6 / len(pairs))
-        for i, pair in enumerate(pairs):
-            self._send(pair, result.fused[i], visible[i], thermal[i], started, finished)
-
-    def _send(self, pair: Pair, fused: np.ndarray, visible: np.ndarray, thermal: np.ndarray,
-              started: int, finished: int) -> None:
-        source = pair.visible
-        stamps = {**source.stamps, "engine_start": started, "engine_end": finished}
-        self.stats.add_latency("wait_in_fuse", (started - source.stamps.get("fuse_in", started)) / 1e6)
-        self.stats.add_latency("pair_dt", abs(pair.dt_s) * 1e3)
-        drops = {k: v for stream in self.upstream_drops.values() for k, v in stream.items()}
-        drops.update({f"{self.name}:{k}": v for k, v in self._own_drops().items()})
-        meta = {"fps": source.meta.get("fps"), "engine": self.engine.describe(), "drops": drops,
-                "thermal": {"seq": pair.thermal.seq, "capture_ns": pair.thermal.capture_ns,
-                            "dt_ms": round(pair.dt_s * 1e3, 3), "reuse": pair.reuse,
-                            "stamps": pair.thermal.stamps}}
-        extras = {}
-        if self.thumbnails:
-            extras = {"visible": _thumbnail(visible), "thermal": _thumbnail(thermal)}
-        frame = Frame("fused", source.seq, source.capture_ns, fused, stamps=stamps, meta=meta, extras=extras)
-        if self.output.send(frame):
-            self.stats.count_frame()
-
-    def _own_drops(self) -> Counter:
+    def drops(self) -> Counter:
+        """This link's own drops: pairing, its ports, and the stage's decisions."""
         drops = Counter(self.stats.drops)
         for counter in (self.visible.drops, self.thermal.drops, self.output.drops, self.pairer.drops):
             drops.update(counter)
         return drops
 
-    def _prepare_thermal(self, image: np.ndarray) -> np.ndarray:
-        gray = self.agc(image)
+    def all_drops(self) -> dict[str, int]:
+        """Every drop upstream of the sink, keyed `stage:reason`, for the HUD and the sidecar."""
+        drops = {k: v for stream in self.upstream_drops.values() for k, v in stream.items()}
+        drops.update({f"{self.stats.stage}:{k}": v for k, v in self.drops().items()})
+        return drops
+
+
+@dataclass
+class _Ready:
+    link: Link
+    pair: Pair
+    since: float  # monotonic time the pair became ready
+
+
+class FuseStage:
+    def __init__(self, links: list[Link], engine: Engine, *, lossless: bool,
+                 output_size: tuple[int, int] | None = None, batch: int = 1, max_wait_s: float = 0.0,
+                 thumbnails: bool = True):
+        self.links, self.engine, self.lossless = links, engine, lossless
+        self.output_size, self.batch, self.max_wait_s = output_size, max(1, batch), max_wait_s
+        self.thumbnails = thumbnails
+        self.ready: list[_Ready] = []
+        self.engine_calls = StageStats("engine")
+
+    def run(self, stop) -> dict:
+        """Fuse until every link's inputs have ended (or `stop` is set); each link then sends its
+        end-of-stream (also when the engine fails, so every sink finalises its recording at once).
+        Returns the statistics of every link."""
+        try:
+            while not stop.is_set() and not all(link.inputs_done for link in self.links):
+                self._receive()
+                self._collect_ready()
+                self._fuse(flush=False)
+                self._finish_links()
+            self._collect_ready()
+            self._fuse(flush=True)
+        finally:
+            for link in self.links:
+                self._end(link)
+        return {link.stats.stage: self._summary(link) for link in self.links}
+
+    def _receive(self) -> None:
+        poller = zmq.Poller()
+        active = [link for link in self.links if not link.inputs_done]
+        if self.lossless:
+            wanted = {}
+            for link in active:
+                port = link.port_behind()
+                wanted[port.socket] = (link, port)
+                poller.register(port.socket, zmq.POLLIN)
+            for socket, _ in poller.poll(self._poll_ms()):
+                link, port = wanted[socket]
+                if (message := port.recv(0)) is not None:
+                    link.accept(message)
+            return
+        ports = [(link, port) for link in active for port in (link.visible, link.thermal)]
+        if not any(port.pending() for _, port in ports):
+            for _, port in ports:
+                poller.register(port.socket, zmq.POLLIN)
+            poller.poll(self._poll_ms())
+        for link, port in ports:
+            while (message := port.recv(0)) is not None:
+                link.accept(message)
+
+    def _poll_ms(self) -> int:
+        if not self.ready:
+            return 100 if self.lossless else 20
+        left = self.ready[0].since + self.max_wait_s - time.monotonic()
+        return max(0, int(left * 1000))
+
+    def _collect_ready(self) -> None:
+        now = time.monotonic()
+        for link in self.links:
+            self.ready += [_Ready(link, pair, now) for pair in link.pairer.pop_ready()]
+            if not self.lossless:  # the engine cannot keep up: keep only this link's newest pairs
+                stale = [r for r in self.ready if r.link is link][:-self.batch]
+                if stale:
+                    link.stats.drops["engine_busy"] += len(stale)
+                    self.ready = [r for r in self.ready if all(r is not s for s in stale)]
+
+    def _fuse(self, flush: bool) -> None:
+        while self.ready and (flush or len(self.ready) >= self.batch
+                              or time.monotonic() - self.ready[0].since >= self.max_wait_s):
+            batch, rest = [], []
+            for item in self.ready:  # one engine call takes frames of one size
+                same_size = not batch or self._size_of(item) == self._size_of(batch[0])
+                fits = len(batch) < self.batch and same_size
+                (batch if fits else rest).append(item)
+            self.ready = rest
+            self._fuse_batch(batch)
+
+    def _size_of(self, item: _Ready) -> tuple[int, int]:
+        if self.output_size is not None:
+            return self.output_size
+        height, width = item.pair.thermal.image.shape[:2]
+        return width, height
+
+    def _fuse_batch(self, batch: list[_Ready]) -> None:
+        started = time.time_ns()
+        thermal = np.stack([self._prepare_thermal(r.link, r.pair.thermal.image) for r in batch])
+        size = (thermal.shape[2], thermal.shape[1])
+        visible = np.stack([self._prewarp(r.link, r.pair.visible.image, size) for r in batch])
+        try:
+            result = self.engine.fuse(visible, thermal)
+        except Exception as exc:  # a backend failure ends the stage with a message, not a traceback
+            raise SkyfuseError(f"engine {self.engine.describe()} failed on visible frame "
+                               f"{batch[0].pair.visible.seq}: {type(exc).__name__}: {exc}") from exc
+        finished = time.time_ns()
+        self.engine_calls.count_frame()
+        self.engine_calls.add_latency("batch_size", len(batch))
+        for i, item in enumerate(batch):
+            item.link.stats.add_latency("engine_per_frame", (finished - started) / 1e6 / len(batch))
+            self._send(item.link, item.pair, result.fused[i], visible[i], thermal[i], started, finished)
+
+    def _send(self, link: Link, pair: Pair, fused: np.ndarray, visible: np.ndarray, thermal: np.ndarray,
+              started: int, finished: int) -> None:
+        source = pair.visible
+        stamps = {**source.stamps, "engine_start": started, "engine_end": finished}
+        link.stats.add_latency("wait_in_fuse", (started - source.stamps.get("fuse_in", started)) / 1e6)
+        link.stats.add_latency("pair_dt", abs(pair.dt_s) * 1e3)
+        meta = {"fps": source.meta.get("fps"), "engine": self.engine.describe(), "link": link.name,
+                "drops": link.all_drops(),
+                "thermal": {"seq": pair.thermal.seq, "capture_ns": pair.thermal.capture_ns,
+                            "dt_ms": round(pair.dt_s * 1e3, 3), "reuse": pair.reuse,
+                            "stamps": pair.thermal.stamps}}
+        extras = {"visible": _thumbnail(visible), "thermal": _thumbnail(thermal)} if self.thumbnails else {}
+        frame = Frame("fused", source.seq, source.capture_ns, fused, stamps=stamps, meta=meta, extras=extras)
+        if link.output.send(frame):
+            link.stats.count_frame()
+
+    def _finish_links(self) -> None:
+        for link in self.links:
+            if link.inputs_done and not any(r.link is link for r in self.ready):
+                self._end(link)
+
+    def _end(self, link: Link) -> None:
+        if link.ended:
+            return
+        link.ended = True
+        stats = {**link.upstream_stats, link.stats.stage: self._summary(link)}
+        if not link.output.send_eos(EndOfStream("fused", {"stats": stats}), timeout_ms=10_000):
+            log(link.stats.stage, "no sink took the end-of-stream message")
+
+    def _summary(self, link: Link) -> dict:
+        summary = link.stats.summary()
+        summary["drops"] = dict(link.drops())
+        summary["engine"] = self.engine.describe()
+        summary["pairing"] = dict(link.pairer.counts)
+        summary["engine_calls"] = self.engine_calls.frames
+        return summary
+
+    def _prepare_thermal(self, link: Link, image: np.ndarray) -> np.ndarray:
+        gray = link.agc(image)
         if self.output_size is not None and (gray.shape[1], gray.shape[0]) != self.output_size:
             gray = cv2.resize(gray, self.output_size, interpolation=cv2.INTER_AREA)
         return gray
 
-    def _prewarp(self, visible: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        if self.rig is None:
+    def _prewarp(self, link: Link, visible: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        if link.rig is None:
             vh, vw = visible.shape[:2]
-            self.rig = Rig.identity((vw, vh), size)
-            log(self.name, "no calibration given: the visible frame is only resized to the thermal view "
-                           "(run `skyfuse calibrate` and pass --calibration for a real pre-warp)")
-        return self.rig.warp_visible(visible, size)
+            link.rig = Rig.identity((vw, vh), size)
+            log(link.stats.stage, "no calibration given: the visible frame is only resized to the thermal "
+                                  "view (run `skyfuse calibrate` and pass --calibration for a real pre-warp)")
+        return link.rig.warp_visible(visible, size)
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
@@ -181,15 +272,22 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="skyfuse fuse", description=__doc__.split("\n")[0])
-    parser.add_argument("--visible-in", required=True, help="endpoint to listen on for visible frames")
-    parser.add_argument("--thermal-in", required=True, help="endpoint to listen on for thermal frames")
-    parser.add_argument("--output", required=True, help="sink endpoint, e.g. ipc:///tmp/skyfuse/sink")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skyfuse fuse", description=__doc__.split("\n")[0],
+        epilog="Serve several camera pairs by repeating --visible-in, --thermal-in and --output (and, per "
+               "pair, --link and --calibration) in the same order.")
+    parser.add_argument("--visible-in", action="append", required=True, help="endpoint to listen on for "
+                        "visible frames")
+    parser.add_argument("--thermal-in", action="append", required=True,
+                        help="endpoint to listen on for thermal frames")
+    parser.add_argument("--output", action="append", required=True, help="sink endpoint")
+    parser.add_argument("--link", action="append", default=None, help="name of each camera pair")
+    parser.add_argument("--calibration", action="append", default=None,
+                        help="rig JSON from `skyfuse calibrate` (one for all pairs, or one per pair)")
     add_mode_argument(parser)
     parser.add_argument("--engine", default="pyramid", help="fusion engine name (default: pyramid)")
     parser.add_argument("--engine-options", default="", help="engine options KEY=VALUE,...")
-    parser.add_argument("--calibration", default=None, help="rig JSON from `skyfuse calibrate`")
     parser.add_argument("--time-offset", type=float, default=None,
                         help="seconds added to thermal times (overrides the rig file)")
     parser.add_argument("--pairing", choices=("nearest", "latest"), default=None,
@@ -200,34 +298,58 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-reuse", type=int, default=None,
                         help="extra visible frames one thermal frame may serve (default: unlimited)")
     parser.add_argument("--size", default=None, help="output WIDTHxHEIGHT (default: the thermal size)")
-    parser.add_argument("--batch", type=int, default=1, help="pairs fused per engine call")
+    parser.add_argument("--batch", type=int, default=1, help="most pairs fused in one engine call")
+    parser.add_argument("--max-wait", type=float, default=0.0,
+                        help="seconds a ready pair may wait for a batch to fill (default 0)")
     parser.add_argument("--no-thumbnails", action="store_true", help="do not send input thumbnails (PiP)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    count = len(args.visible_in)
+    names = args.link or (["main"] if count == 1 else [f"pair{i}" for i in range(count)])
+    calibrations = args.calibration or [None]
+    if len(args.thermal_in) != count or len(args.output) != count or len(names) != count:
+        raise SkyfuseError(f"{count} --visible-in but {len(args.thermal_in)} --thermal-in, "
+                           f"{len(args.output)} --output and {len(names)} --link: give one of each per "
+                           "camera pair")
+    if len(calibrations) not in (1, count):
+        raise SkyfuseError(f"give one --calibration for all {count} camera pairs or one per pair")
+    if args.batch < 1 or args.max_wait < 0:
+        raise SkyfuseError("--batch must be at least 1 and --max-wait not negative")
     die_with_parent()
     stop = stop_on_signals()
-    rig = Rig.load(args.calibration) if args.calibration else None
+    rigs = [Rig.load(path) if path else None for path in calibrations] * (count // len(calibrations))
     lossless = args.mode == "lossless"
-    offset = args.time_offset if args.time_offset is not None else (rig.time_offset_s if rig else 0.0)
-    try:
-        policy = PairingPolicy(strategy=args.pairing or ("nearest" if lossless else "latest"),
-                               time_offset_s=offset, window_s=args.window, max_reuse=args.max_reuse,
-                               max_wait_s=None if lossless else 0.25)
-    except ValueError as exc:
-        raise SkyfuseError(str(exc)) from None
     engine = create_engine(args.engine, **parse_options(args.engine_options, "--engine-options"))
     size = parse_size(args.size) if args.size else None
-    ports = [Receiver(args.visible_in, lossless=lossless, stamp="fuse_in", queue_size=4),
-             Receiver(args.thermal_in, lossless=lossless, stamp="fuse_in", queue_size=4),
-             Sender(args.output, lossless=lossless, stamp="fuse_sent", stop=stop)]
-    log("fuse", f"engine {engine.describe()}, pairing {policy.strategy}, time offset {offset:+.3f} s")
+    links = []
     try:
-        summary = FuseStage(*ports, engine, policy=policy, rig=rig, output_size=size, batch=args.batch,
-                            thumbnails=not args.no_thumbnails).run(stop)
+        for name, vis, ir, out, rig in zip(names, args.visible_in, args.thermal_in, args.output, rigs):
+            offset = args.time_offset if args.time_offset is not None else rig.time_offset_s if rig else 0.0
+            try:
+                policy = PairingPolicy(strategy=args.pairing or ("nearest" if lossless else "latest"),
+                                       time_offset_s=offset, window_s=args.window,
+                                       max_reuse=args.max_reuse, max_wait_s=None if lossless else 0.25)
+            except ValueError as exc:
+                raise SkyfuseError(str(exc)) from None
+            links.append(Link(name, Receiver(vis, lossless=lossless, stamp="fuse_in", queue_size=4),
+                              Receiver(ir, lossless=lossless, stamp="fuse_in", queue_size=4),
+                              Sender(out, lossless=lossless, stamp="fuse_sent", stop=stop),
+                              Pairer(policy), rig))
+            log(links[-1].stats.stage, f"engine {engine.describe()}, pairing {policy.strategy}, "
+                                       f"time offset {offset:+.3f} s")
+        stage = FuseStage(links, engine, lossless=lossless, output_size=size, batch=args.batch,
+                          max_wait_s=args.max_wait, thumbnails=not args.no_thumbnails)
+        summaries = stage.run(stop)
     finally:
-        for port in ports:
-            port.close()
+        for link in links:
+            for port in (link.visible, link.thermal, link.output):
+                port.close()
         close_transport()
         engine.close()
-    log("fuse", f"fused {summary['frames']} frames at {summary['fps']} fps, "
-        f"drops {summary['drops'] or 'none'}")
+    for name, summary in summaries.items():
+        log(name, f"fused {summary['frames']} frames at {summary['fps']} fps "
+                  f"({summary['engine_calls']} engine calls), drops {summary['drops'] or 'none'}")
     return 0

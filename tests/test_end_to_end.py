@@ -252,3 +252,53 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path, args, mess
     assert len(lines) == 1 and lines[0].startswith("skyfuse run: error:"), result.stderr
     assert message in lines[0]
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_one_fuse_stage_serves_two_camera_pairs_in_batched_engine_calls(tmp_path):
+    """Two drones into one ground station: per-pair order, timestamps and statistics survive batching."""
+    from pipeline.frame import EndOfStream, Frame
+    from pipeline.wire import Sender
+
+    env = _env()
+    links = ("north", "south")
+    ends = {(link, port): f"ipc://{tmp_path}/{link}-{port}" for link in links
+            for port in ("visible", "thermal", "sink")}
+    sinks = [subprocess.Popen([sys.executable, "-m", "pipeline", "sink", "--input", ends[link, "sink"],
+                               "--output", str(tmp_path / f"{link}.mkv"), "--stats",
+                               str(tmp_path / f"{link}.json"), "--mode", "lossless"], env=env)
+             for link in links]
+    fuse_args = ["fuse", "--mode", "lossless", "--engine", "blend", "--batch", "2", "--max-wait", "0.5"]
+    for link in links:
+        fuse_args += ["--link", link, "--visible-in", ends[link, "visible"], "--thermal-in",
+                      ends[link, "thermal"], "--output", ends[link, "sink"]]
+    fuse = subprocess.Popen([sys.executable, "-m", "pipeline", *fuse_args], env=env)
+    senders = {(link, stream): Sender(ends[link, stream], lossless=True) for link in links
+               for stream in ("visible", "thermal")}
+    rng = np.random.default_rng(0)
+    start = {"north": 1_000_000_000, "south": 5_000_000_000}  # different clocks per drone
+    try:
+        for i in range(20):
+            for link in links:
+                t = start[link] + i * 33_333_333
+                senders[link, "thermal"].send(Frame("thermal", i, t, rng.integers(0, 255, (64, 80), np.uint8),
+                                                    meta={"fps": 30.0}))
+                senders[link, "visible"].send(Frame("visible", i, t,
+                                                    rng.integers(0, 255, (96, 120, 3), np.uint8),
+                                                    meta={"fps": 30.0}))
+        for (_, stream), sender in senders.items():
+            sender.send_eos(EndOfStream(stream), timeout_ms=100)
+        assert fuse.wait(60) == 0 and all(sink.wait(60) == 0 for sink in sinks)
+    finally:
+        for sender in senders.values():
+            sender.close()
+        for process in (fuse, *sinks):
+            process.kill() if process.poll() is None else None
+    for link in links:
+        records = read_sidecar(tmp_path / f"{link}.mkv.frames.jsonl")
+        assert [r["seq"] for r in records] == list(range(20))
+        assert [r["capture_ns"] for r in records] == [start[link] + i * 33_333_333 for i in range(20)]
+        assert read_video(tmp_path / f"{link}.mkv").frames == 20
+        stats = json.loads((tmp_path / f"{link}.json").read_text())
+        fuse_stats = stats["stages"][f"fuse.{link}"]
+        assert fuse_stats["frames"] == 20 and not fuse_stats["drops"]
+        assert fuse_stats["engine_calls"] < 40, "pairs of both drones shared engine calls"
