@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from pipeline.errors import SkyfuseError
@@ -16,7 +17,7 @@ from .features import to_float, to_gray
 from .footage import FootageConfig, estimate_geometry
 from .rig import Rig
 from .target import TargetConfig, estimate_target
-from .temporal import OffsetEstimate, TemporalConfig, estimate_offset
+from .temporal import TRACK_WIDTH, OffsetEstimate, TemporalConfig, estimate_offset
 
 
 @dataclass
@@ -27,31 +28,41 @@ class FootageCalibrationConfig:
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
 
+def _nearest(times: np.ndarray, instants: np.ndarray) -> np.ndarray:
+    """Index of the time nearest to each instant."""
+    right = np.clip(np.searchsorted(times, instants), 0, len(times) - 1)
+    left = np.clip(right - 1, 0, len(times) - 1)
+    return np.where(np.abs(times[left] - instants) <= np.abs(times[right] - instants), left, right)
+
+
 def pick_pairs(visible: Clip, thermal: Clip, offset_s: float, count: int) -> list[tuple[int, int]]:
     """Up to `count` (visible, thermal) positions showing the same instant under `offset_s`, spread
     evenly over the overlap of the two clips. A thermal frame pairs with the visible frame nearest to
     the instant it shows, within half a visible frame period."""
     period = 1.0 / visible.fps if visible.fps > 0 else math.inf
     shown = thermal.times + offset_s
-    nearest = np.clip(np.searchsorted(visible.times, shown), 1, max(len(visible.times) - 1, 1))
-    nearest = np.where(
-        np.abs(visible.times[nearest - 1] - shown) <= np.abs(visible.times[nearest] - shown)
-        if len(visible.times) > 1
-        else True,
-        nearest - 1,
-        nearest,
-    )
-    close = np.abs(visible.times[nearest] - shown) <= 0.5 * period + 1e-9
-    candidates = np.flatnonzero(close)
+    nearest = _nearest(visible.times, shown)
+    candidates = np.flatnonzero(np.abs(visible.times[nearest] - shown) <= 0.5 * period + 1e-9)
     if len(candidates) == 0:
-        raise SkyfuseError(
-            "no visible frame shows the same instant as any thermal frame: the streams do "
-            "not overlap in time (check the sources, or the --time-offset given)"
-        )
-    chosen = candidates[
-        np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
-    ]
-    return [(int(nearest[j]), int(j)) for j in chosen]
+        raise SkyfuseError("no visible frame shows the same instant as any thermal frame: the streams do not "
+                           "overlap in time (check the sources, or the --time-offset given)")
+    spread = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
+    return [(int(nearest[j]), int(j)) for j in candidates[spread]]
+
+
+def motion_compensated(image: np.ndarray, clip: Clip, position: int, instant: float) -> np.ndarray:
+    """The frame at `position` moved by the clip's own image motion from its time to `instant` (the
+    track interpolated between frames): the view the camera had at that instant, up to parallax. This
+    removes the up to half a frame period between the two frames of a pair, which at drone speeds is
+    worth more than a pixel."""
+    delta = np.array([np.interp(instant, clip.times, column) for column in clip.track.T])
+    delta -= clip.track[position]
+    scale = clip.size[0] / TRACK_WIDTH
+    centre = np.array([clip.size[0] / 2, clip.size[1] / 2])
+    c, s = math.cos(delta[2]), math.sin(delta[2])
+    rotation = np.array([[c, -s], [s, c]])
+    warp = np.hstack([rotation, (centre + delta[:2] * scale - rotation @ centre)[:, None]])
+    return cv2.warpAffine(image, warp, clip.size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def _offset(visible: Clip, thermal: Clip, given: float | None, config: TemporalConfig) -> OffsetEstimate:
@@ -75,7 +86,9 @@ def calibrate_footage(visible: Clip, thermal: Clip, config: FootageCalibrationCo
     config = config or FootageCalibrationConfig()
     offset = _offset(visible, thermal, config.time_offset_s, config.temporal)
     pairs = pick_pairs(visible, thermal, offset.time_offset_s, config.pairs)
-    visible_frames = visible.load([v for v, _ in pairs])
+    shown = [thermal.times[t] + offset.time_offset_s for _, t in pairs]
+    visible_frames = [motion_compensated(image, visible, v, instant)
+                      for image, (v, _), instant in zip(visible.load([v for v, _ in pairs]), pairs, shown)]
     thermal_frames = thermal.load([t for _, t in pairs])
     geometry = estimate_geometry(
         [(to_float(v), to_gray(t)) for v, t in zip(visible_frames, thermal_frames)], config.geometry

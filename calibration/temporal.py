@@ -24,6 +24,7 @@ from pipeline.errors import SkyfuseError
 from .features import to_gray
 
 MIN_FRAMES = 4
+TRACK_WIDTH = 160  # frames are downscaled to this width to measure their motion
 
 
 @dataclass
@@ -42,10 +43,13 @@ class OffsetEstimate:
 
 
 class MotionTracker:
-    """Accumulates a stream's global image motion frame by frame (phase correlation of consecutive,
-    downscaled frames), so a long clip never has to be held in memory."""
+    """Accumulates a stream's global image motion frame by frame, so a long clip never has to be held in
+    memory. Each step is the shift of the image centre and the rotation between consecutive downscaled
+    frames: phase correlation finds the shift roughly (its sub-pixel part is biased towards whole
+    pixels), then ECC refines a rigid (Euclidean) motion. The rotation matters: both cameras turn with
+    the drone by the same angle, whatever their fields of view."""
 
-    def __init__(self, width: int = 160):
+    def __init__(self, width: int = TRACK_WIDTH):
         self.width = width
         self._previous: np.ndarray | None = None
         self._window: np.ndarray | None = None
@@ -54,18 +58,51 @@ class MotionTracker:
     def add(self, image: np.ndarray) -> None:
         gray = to_gray(image)
         height = max(8, round(gray.shape[0] * self.width / gray.shape[1]))
-        small = cv2.resize(gray, (self.width, height), interpolation=cv2.INTER_AREA).astype(np.float64)
+        small = cv2.resize(gray, (self.width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+        # A band-pass: pixel noise goes, and so do the patterns of thermal sensors that stay put while the
+        # scene moves (a warm lens centre, column stripes), which would pull the estimate towards zero.
+        low, high = (cv2.GaussianBlur(small, (0, 0), self.width * f) for f in (1 / 160, 1 / 20))
+        small = low - high
+        small -= small.mean(axis=0, keepdims=True)
         if self._previous is None or self._previous.shape != small.shape:
             self._window = cv2.createHanningWindow((self.width, height), cv2.CV_64F)
-            self._steps.append(np.zeros(2))
+            self._steps.append(np.zeros(3))
         else:
-            (dx, dy), _ = cv2.phaseCorrelate(self._previous, small, self._window)
-            self._steps.append(np.array([dx, dy]))
+            self._steps.append(_rigid_step(self._previous, small, self._window))
         self._previous = small
 
     def track(self) -> np.ndarray:
-        """(N, 2) cumulative shift of each frame relative to the first."""
-        return np.cumsum(self._steps, axis=0) if self._steps else np.zeros((0, 2))
+        """(N, 3) cumulative centre shift x, y (px) and rotation (rad) of each frame from the first."""
+        if not self._steps:
+            return np.zeros((0, 3))
+        return np.cumsum(_despike(np.array(self._steps)), axis=0)
+
+
+def _despike(steps: np.ndarray) -> np.ndarray:
+    """Steps where the registration locked onto a wrong peak (far from the running median of their
+    neighbours; a drone cannot jerk like that between two frames) replaced by that median."""
+    if len(steps) < 5:
+        return steps
+    padded = np.pad(steps, ((2, 2), (0, 0)), mode="edge")
+    median = np.median(np.stack([padded[k:k + len(steps)] for k in range(5)]), axis=0)
+    deviation = np.abs(steps - median)
+    spread = np.median(deviation, axis=0)
+    floor = np.array([1.0, 1.0, 0.02])  # px, px, rad
+    bad = np.any(deviation > np.maximum(6 * spread, floor[: steps.shape[1]]), axis=1)
+    return np.where(bad[:, None], median, steps)
+
+
+def _rigid_step(previous: np.ndarray, current: np.ndarray, window: np.ndarray) -> np.ndarray:
+    (dx, dy), _ = cv2.phaseCorrelate(previous.astype(np.float64), current.astype(np.float64), window)
+    warp = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+    try:
+        _, warp = cv2.findTransformECC(previous, current, warp, cv2.MOTION_EUCLIDEAN, criteria, None, 1)
+    except cv2.error:
+        return np.array([dx, dy, 0.0])
+    centre = np.array([previous.shape[1] / 2, previous.shape[0] / 2, 1.0])
+    shift = warp @ centre - centre[:2]
+    return np.array([shift[0], shift[1], np.arctan2(warp[1, 0], warp[0, 0])])
 
 
 def _check(times: np.ndarray, name: str) -> None:
@@ -146,12 +183,20 @@ def _correlations(shifts, slow_times, slow_steps, fast_times, fast_track, keep=N
     slow = np.broadcast_to(slow_steps, fast.shape)
     weight = inside[..., None].astype(float)
     count = inside.sum(axis=1)
-    safe = np.maximum(count, 1)[:, None]
-    slow_c = (slow - (slow * weight).sum(axis=1, keepdims=True) / safe[..., None]) * weight
-    fast_c = (fast - (fast * weight).sum(axis=1, keepdims=True) / safe[..., None]) * weight
-    num = (slow_c * fast_c).sum(axis=(1, 2))
-    den = np.sqrt((slow_c**2).sum(axis=(1, 2)) * (fast_c**2).sum(axis=(1, 2)))
-    return np.where(den > 0, num / np.maximum(den, 1e-12), -1.0), count
+    safe = np.maximum(count, 1)[:, None, None]
+    slow_c = (slow - (slow * weight).sum(axis=1, keepdims=True) / safe) * weight
+    fast_c = (fast - (fast * weight).sum(axis=1, keepdims=True) / safe) * weight
+    # The shifts of the two cameras differ by the scale between their views, their rotations do not:
+    # each group is correlated on its own and the correlations averaged.
+    scores = []
+    for group in (slice(0, 2), slice(2, 3)):
+        num = (slow_c[..., group] * fast_c[..., group]).sum(axis=(1, 2))
+        den = np.sqrt((slow_c[..., group] ** 2).sum(axis=(1, 2)) * (fast_c[..., group] ** 2).sum(axis=(1, 2)))
+        scores.append(np.where(den > 0, num / np.maximum(den, 1e-12), np.nan))
+    scores = np.array(scores)
+    valid = np.isfinite(scores)
+    mean = np.where(valid, scores, 0.0).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
+    return np.where(valid.any(axis=0), mean, -1.0), count
 
 
 def _peak(offsets: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
