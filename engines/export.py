@@ -23,49 +23,72 @@ from pipeline.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES, Geometry
 from .models import load_network, network_geometry, write_metadata
-from .onnx_check import MIN_OPSET, opset_range, require_tensorrt_compatible
+from .onnx_check import opset_range, require_tensorrt_compatible
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+EXPORTERS = ("auto", "torchscript", "dynamo")
+MAX_SIDE = 4096  # largest frame side a dynamic graph is exported for
+SAMPLE_BATCH = 2  # torch.export specialises sizes of 0 and 1: trace with 2 so the batch stays dynamic
+
+
 def sample_size(geometry: Geometry) -> tuple[int, int]:
-    """The H×W traced at export: the fixed size, else a small non-square size on the network's grid."""
+    """The H×W traced at export: the fixed size, else a small size on the network's grid whose sides are
+    different multiples (>= 2) of the size multiple, so neither side is specialised to a constant."""
     if geometry.fixed_size:
         return geometry.fixed_size
     m = geometry.size_multiple
-    height = -(-64 // m) * m
+    height = max(2, -(-64 // m)) * m
     return height, height + m
 
 
+def needs_symbolic_shapes(network) -> bool:
+    """Attention layers compute reshape sizes with Python arithmetic on tensor sizes, which the TorchScript
+    tracer bakes into constants (the graph then only runs at the traced size); torch.export keeps them."""
+    from torch import nn
+
+    attention = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    return any(isinstance(module, attention) or getattr(module, "symbolic_shapes", False)
+               for module in network.modules())
+
+
 def export_network(network, path: str | Path, *, model_name: str, precision: str = "fp32",
-                   opset: int = MIN_OPSET) -> onnx.ModelProto:
-    """Export `network` (eval mode) to `path` and return the saved graph; SkyfuseError when it cannot."""
+                   opset: int | None = None, exporter: str = "auto") -> onnx.ModelProto:
+    """Export `network` (eval mode) to `path` and return the saved graph; SkyfuseError when it cannot.
+
+    `exporter`: "torchscript" (fast: about a second), "dynamo" (torch.export: sizes stay symbolic, but
+    10-30 s on these machines), or "auto": dynamo only for networks that need it (needs_symbolic_shapes)."""
     import torch
 
     if precision not in PRECISIONS:
         raise SkyfuseError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if exporter not in EXPORTERS:
+        raise SkyfuseError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     _require_implemented(precision)
+    dynamo = exporter == "dynamo" or (exporter == "auto" and needs_symbolic_shapes(network))
+    opset = opset or (18 if dynamo else 17)  # each exporter's native opset; TensorRT 10.0+ parses up to 20
     low, high = opset_range()
     if not low <= opset <= high:
         raise SkyfuseError(f"opset must be in {low}..{high} for TensorRT, got {opset}")
     geometry = network_geometry(network)
     height, width = sample_size(geometry)
     generator = torch.Generator().manual_seed(0)
-    sample = tuple(torch.rand(1, 1, height, width, generator=generator) for _ in INPUT_NAMES)
-    spatial = {} if geometry.fixed_size else {2: "height", 3: "width"}
-    axes = {name: {0: "batch", **spatial} for name in INPUT_NAMES + OUTPUT_NAMES}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode():
-        # The TorchScript-based exporter: no extra dependency (onnxscript) and exact dynamic axes for the
-        # plain conv/grid_sample graphs these networks are.
+    sample = tuple(torch.rand(SAMPLE_BATCH, 1, height, width, generator=generator) for _ in INPUT_NAMES)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        # The fused attention fast path has no ONNX form: trace the plain operations.
+        torch.backends.mha.set_fastpath_enabled(False)
         try:
-            torch.onnx.export(network.eval(), sample, buffer, dynamo=False, opset_version=opset,
-                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                              dynamic_axes=axes, do_constant_folding=True)
-        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
-            raise SkyfuseError(f"{model_name}: ONNX export failed: {exc}") from None
-    model = onnx.load_from_string(buffer.getvalue())
+            export = _export_dynamo if dynamo else _export_torchscript
+            model = export(network.eval(), sample, opset, geometry)
+        except Exception as exc:  # the exporters raise many types (UserError, constraint violations...)
+            text = str(exc).strip()
+            raise SkyfuseError(f"{model_name}: ONNX export failed: "
+                               f"{text.splitlines()[0][:400] if text else type(exc).__name__}") from None
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     write_metadata(model, model_name, "fp32", geometry)
     if precision == "fp16":
         from .precision import convert_fp16
@@ -75,6 +98,39 @@ def export_network(network, path: str | Path, *, model_name: str, precision: str
     require_tensorrt_compatible(model, f"{model_name} ({precision})")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))  # weights inside the one file (these networks are far below 2 GB)
+    return model
+
+
+def _export_torchscript(network, sample, opset: int, geometry: Geometry) -> onnx.ModelProto:
+    import torch
+
+    spatial = {} if geometry.fixed_size else {2: "height", 3: "width"}
+    axes = {name: {0: "batch", **spatial} for name in INPUT_NAMES + OUTPUT_NAMES}
+    buffer = io.BytesIO()
+    torch.onnx.export(network, sample, buffer, dynamo=False, opset_version=opset,
+                      input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+                      do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _export_dynamo(network, sample, opset: int, geometry: Geometry) -> onnx.ModelProto:
+    import torch
+
+    dims = {0: torch.export.Dim("batch", min=1, max=256)}
+    if not geometry.fixed_size:
+        m, most = geometry.size_multiple, MAX_SIDE // geometry.size_multiple
+        # H and W are multiples of the network's size multiple: say so, or the exporter specialises them
+        dims[2] = m * torch.export.Dim("height_blocks", min=1, max=most)
+        dims[3] = m * torch.export.Dim("width_blocks", min=1, max=most)
+    program = torch.onnx.export(network, sample, dynamo=True, opset_version=opset,
+                                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                                dynamic_shapes={name: dims for name in INPUT_NAMES}, verbose=False)
+    model = program.model_proto
+    for value in list(model.graph.input) + list(model.graph.output):  # "16*height_blocks" -> "height"
+        for dim in value.type.tensor_type.shape.dim:
+            for name in ("batch", "height", "width"):
+                if dim.dim_param == name or dim.dim_param.endswith(f"*{name}_blocks"):
+                    dim.dim_param = name
     return model
 
 
@@ -115,7 +171,12 @@ def _file_digest(path: str) -> str:
 
 
 def verify_export(network, path: str | Path, sizes: list[tuple[int, int]], batch: int = 2) -> float:
-    """Largest |ONNX Runtime - PyTorch| over all outputs on random inputs at `sizes` (fp32 graphs)."""
+    """Largest |ONNX Runtime - PyTorch| over all outputs on random inputs at `sizes` (fp32 graphs).
+
+    The inputs are smooth random images (uniform noise at 1/8 resolution, bicubically upsampled, fading to 0
+    at the borders): a warp turns float32 rounding of the flow into an intensity error of that rounding
+    times the image gradient, which per-pixel noise or the zero padding at a border make as large as 1.
+    The flow (in pixels) is compared relative to its largest magnitude when that exceeds 1 pixel."""
     import onnxruntime as ort
     import torch
 
@@ -123,12 +184,30 @@ def verify_export(network, path: str | Path, sizes: list[tuple[int, int]], batch
     rng = np.random.default_rng(1)
     worst = 0.0
     for height, width in sizes:
-        inputs = [rng.random((batch, 1, height, width), dtype=np.float32) for _ in INPUT_NAMES]
+        inputs = [smooth_random(rng, batch, height, width) for _ in INPUT_NAMES]
         with torch.inference_mode():
             expected = network(*(torch.from_numpy(x) for x in inputs))
-        got = session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, inputs)))
-        worst = max(worst, *(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected)))
+        try:
+            got = session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, inputs)))
+        except Exception as exc:  # onnxruntime's own error types
+            first_line = str(exc).splitlines()[0][:300]
+            raise SkyfuseError(f"{path} fails on ONNX Runtime at batch {batch}, {width}x{height}: the graph "
+                               f"is not dynamic in batch/H×W ({first_line})") from None
+        for g, e in zip(got, expected):
+            e = e.numpy()
+            worst = max(worst, float(np.abs(g - e).max()) / max(1.0, float(np.abs(e).max())))
     return worst
+
+
+def smooth_random(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
+    """(B, 1, H, W) float32 random images in [0, 1] with image-like (not per-pixel) variation that fade to 0
+    at the borders, so the zero padding of a warp adds no intensity step there."""
+    import cv2
+
+    coarse = rng.random((batch, height // 8 + 2, width // 8 + 2), dtype=np.float32)
+    frames = np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_CUBIC) for c in coarse])
+    window = np.outer(np.sin(np.linspace(0, np.pi, height)), np.sin(np.linspace(0, np.pi, width)))
+    return (np.clip(frames, 0.0, 1.0) * window.astype(np.float32))[:, None]
 
 
 def main(argv: list[str]) -> int:
@@ -137,14 +216,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--weights", help="trained weights (.pt) for the network")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="tensor types in the graph (fp16: mixed precision, float32 I/O)")
-    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (default {MIN_OPSET})")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: 17 torchscript, 18 dynamo)")
+    parser.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                        help="torchscript (fast), dynamo (torch.export), auto: dynamo for attention networks")
     parser.add_argument("--output", required=True, help="ONNX file to write")
     args = parser.parse_args(argv)
     _require_implemented(args.precision)
 
     network = load_network(args.model, args.weights)
     fp32_path = Path(args.output) if args.precision == "fp32" else Path(args.output).with_suffix(".fp32.onnx")
-    export_network(network, fp32_path, model_name=args.model, opset=args.opset)
+    export_network(network, fp32_path, model_name=args.model, opset=args.opset, exporter=args.exporter)
     geometry = network_geometry(network)
     height, width = sample_size(geometry)
     sizes = [(height, width)] if geometry.fixed_size else [(height, width), (2 * height, height + width)]

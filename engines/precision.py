@@ -5,9 +5,9 @@ conversion is ours and explicit:
 - float32 inputs and outputs stay float32 (the pipeline hands over and expects float32);
 - convolutions, matrix products, activations, element-wise arithmetic and data movement run in fp16;
 - normalisations, reductions, powers/roots/exponentials and GridSample stay float32, and so does the whole
-  flow path: every operation between the last convolution and a GridSample sampling grid or the "flow"
-  output (flow upsampling, pixel-to-grid scaling). In fp16 a normalised coordinate near 1 has a spacing
-  of 2^-11, 0.3 px at 1280 px width; pixel flows of 100 px would round to 0.06 px.
+  flow path: the convolution that predicts the flow and every operation from it to a GridSample sampling
+  grid or the "flow" output (flow upsampling, pixel-to-grid scaling). In fp16 a normalised coordinate
+  near 1 has a spacing of 2^-11, 0.3 px at 1280 px width; pixel flows of 100 px would round to 0.06 px.
 Casts are inserted where an fp16 region meets a float32 one; fp32 weights used in fp16 are stored as fp16.
 """
 
@@ -137,7 +137,8 @@ def _fp16_positions(node: onnx.NodeProto, types: dict[str, int]) -> set[int] | N
 
 
 def _flow_path(graph: onnx.GraphProto, producers: dict, outputs: tuple[str, ...]) -> set[str]:
-    """Names of the nodes between the last compute op and a sampling grid or a kept-fp32 output."""
+    """Names of the nodes from the last compute op (the flow head, included) to a sampling grid or a
+    kept-fp32 output."""
     for i, node in enumerate(graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
@@ -147,11 +148,12 @@ def _flow_path(graph: onnx.GraphProto, producers: dict, outputs: tuple[str, ...]
     while stack:
         name = stack.pop()
         node = producers.get(name)
-        if node is None or name in seen or node.op_type in COMPUTE_OPS:
+        if node is None or name in seen:
             continue
         seen.add(name)
         protected.add(node.name)
-        stack.extend(i for i in node.input if i)
+        if node.op_type not in COMPUTE_OPS:  # the flow head itself stays float32, its inputs need not
+            stack.extend(i for i in node.input if i)
     return protected
 
 
@@ -202,7 +204,11 @@ def check_fp16_parity(fp32_path: str | Path, fp16_path: str | Path, sizes: list[
     (TensorRT accumulates fp16 convolutions in float32 too)."""
     import onnxruntime as ort
 
-    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # ORT 1.32's ORT_ENABLE_ALL (layout) optimisations crash on some fp16 Mul/Transpose graphs (segfault
+    # while creating the session); the extended level applies every numerics-relevant fusion.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for path in (fp32_path, fp16_path)]
     diffs, flow_diff = [], 0.0
     for i, (height, width) in enumerate(sizes):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import onnx
 import pytest
+import torch
 from engines_testnet import TinyFusionNet
 from onnx import TensorProto, helper
 
@@ -15,7 +17,14 @@ from engines.onnx_check import opset_range, tensorrt_ops, tensorrt_problems
 from engines.precision import check_fp16_parity, convert_fp16_file
 from pipeline.errors import SkyfuseError
 
-NETWORKS = ("skyfuse-rt", "umf-cmgr", "misfit-v", "dae-fuse")
+# Every network with its shipped architecture; the paper networks with narrow channels (same operators and
+# graph structure) so the CPU suite stays fast. Full-width exports are exercised by `skyfuse export`.
+NETWORKS = {
+    "skyfuse-rt": {},
+    "umf-cmgr": {"cpstn_width": 8, "cpstn_blocks": 2, "mrrn_width": 8, "difn_width": 8, "difn_growth": 8},
+    "misfit-v": {"width": 8, "attention_dim": 16, "attention_heads": 2},
+    "dae-fuse": {"dim": 16, "heads": 2, "high_blocks": 1, "vit_depth": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +97,8 @@ def test_fp16_graph_keeps_float32_io_and_flow_path_and_passes_parity(tiny, tmp_p
     assert {v.type.tensor_type.elem_type for v in io_values} == {TensorProto.FLOAT}
     inits = {t.name: t.data_type for t in fp16.graph.initializer}
     conv_weights = [inits[n.input[1]] for n in fp16.graph.node if n.op_type == "Conv"]
-    assert conv_weights and set(conv_weights) == {TensorProto.FLOAT16}
+    # feature convolutions in fp16; the head that predicts the flow stays float32 (flow path)
+    assert conv_weights == [TensorProto.FLOAT16, TensorProto.FLOAT16, TensorProto.FLOAT]
     types = {v.name: v.type.tensor_type.elem_type for v in fp16.graph.value_info}
     for node in fp16.graph.node:
         if node.op_type == "GridSample":  # image and sampling grid both float32
@@ -137,19 +147,54 @@ def _network_names() -> list[str]:
             and importlib.util.find_spec(f"engines.networks.{specs[name].module}") is not None]
 
 
-@pytest.mark.parametrize("name", _network_names() or [pytest.param("none", marks=pytest.mark.skip(
-    reason="no network module of engines.networks is available yet"))])
-def test_every_network_exports_matches_pytorch_and_passes_the_tensorrt_check(name, tmp_path):
+SLOW = ("misfit-v", "dae-fuse")  # attention networks: torch.export-based export, 20-70 s each here
+def _params() -> list:
+    names = _network_names()
+    if not names:
+        return [pytest.param("none", marks=pytest.mark.skip(reason="engines.networks has no network yet"))]
+    params = []
+    for name in names:
+        marks = []
+        if name in SLOW and not os.environ.get("SKYFUSE_SLOW_TESTS"):
+            marks.append(pytest.mark.skip(reason="torch.export export is slow; SKYFUSE_SLOW_TESTS=1 runs it"))
+        params.append(pytest.param(name, marks=marks))
+    return params
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (network, fp32 path, sizes), exported once per test module."""
     from engines.models import load_network, network_geometry
 
-    network = load_network(name)
-    model = export_network(network, tmp_path / f"{name}.onnx", model_name=name)
-    assert tensorrt_problems(model) == []
-    geometry = network_geometry(network)
-    height, width = export.sample_size(geometry)
-    sizes = [(height, width)] if geometry.fixed_size else [(height, width), (2 * height, width)]
-    assert verify_export(network, tmp_path / f"{name}.onnx", sizes, batch=2) <= 1e-4
-    fp16 = tmp_path / f"{name}16.onnx"
-    convert_fp16_file(tmp_path / f"{name}.onnx", fp16)
-    assert check_fp16_parity(tmp_path / f"{name}.onnx", fp16, sizes[:1]).passed
-    assert onnx.load(str(fp16)).graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)  # untrained weights: the same ones every run
+            network = load_network(name, overrides=NETWORKS[name])
+            path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
+            export_network(network, path, model_name=name)
+            geometry = network_geometry(network)
+            height, width = export.sample_size(geometry)
+            sizes = [(height, width)] if geometry.fixed_size else [(height, width), (2 * height, width)]
+            cache[name] = network, path, sizes
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", _params())
+def test_every_network_exports_matches_pytorch_and_passes_the_tensorrt_check(name, exported):
+    network, path, sizes = exported(name)
+    assert tensorrt_problems(onnx.load(str(path))) == []
+    assert verify_export(network, path, sizes, batch=2) <= 1e-4
+
+
+@pytest.mark.parametrize("name", _params())
+def test_every_network_fp16_graph_is_within_two_gray_levels_of_fp32(name, exported, tmp_path):
+    _, path, sizes = exported(name)
+    fp16 = convert_fp16_file(path, tmp_path / f"{name}16.onnx")
+    assert tensorrt_problems(fp16) == []
+    assert fp16.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    report = check_fp16_parity(path, tmp_path / f"{name}16.onnx", sizes[:1])
+    assert report.passed, str(report)
