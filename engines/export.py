@@ -147,12 +147,13 @@ def cache_dir() -> Path:
 
 def cached_export(model: str, weights: str | None = None, precision: str = "fp32",
                   overrides: dict | None = None) -> Path:
-    """The ONNX file of `model` for the engines, exported once per (model, weights, options, versions)."""
+    """The ONNX file of `model` for the engines, exported once per (model, weights, options, library versions,
+    network and exporter source)."""
     import torch
 
     weights_id = _file_digest(weights) if weights else "untrained"
-    key = json.dumps([model, weights_id, precision, overrides or {}, torch.__version__, onnx.__version__],
-                     sort_keys=True)
+    key = json.dumps([model, weights_id, precision, overrides or {}, torch.__version__, onnx.__version__,
+                      _code_digest()], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir() / "onnx" / f"{model}-{precision}-{digest}.onnx"
     if not path.exists():
@@ -161,6 +162,16 @@ def cached_export(model: str, weights: str | None = None, precision: str = "fp32
         export_network(network, tmp, model_name=model, precision=precision)
         tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return path
+
+
+def _code_digest() -> str:
+    """The networks' and the exporter's source: a cached graph is stale when either changed."""
+    here = Path(__file__).parent
+    files = sorted((here / "networks").glob("*.py")) + [here / "export.py", here / "precision.py"]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _file_digest(path: str) -> str:
