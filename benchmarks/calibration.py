@@ -31,7 +31,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from calibration.clips import clip_from_source  # noqa: E402
 from calibration.features import edge_strength, mutual_information, ncc, to_float, to_gray  # noqa: E402
-from calibration.footage import corner_error  # noqa: E402
+from calibration.footage import FootageConfig, corner_error  # noqa: E402
 from calibration.overlay import before_after, write_png  # noqa: E402
 from calibration.rig import Rig  # noqa: E402
 from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs  # noqa: E402
@@ -114,7 +114,9 @@ def _alignment(visible: np.ndarray, thermal: np.ndarray, rig: Rig) -> tuple[floa
     )
 
 
-def wisard_row(sequence: Path, out: Path) -> dict:
+def wisard_row(sequence: Path, out: Path, fov_ratio: tuple[float, float] | None) -> dict:
+    """Calibrate one sequence. `fov_ratio`: the search range, when a longer sequence of the same rig
+    has already fixed it (the ratio of the fields of view is a property of the cameras)."""
     lists = _wisard_csvs(sequence, out)
     visible = clip_from_source(str(lists["visible"]), "visible")
     thermal = clip_from_source(str(lists["thermal"]), "thermal")
@@ -123,12 +125,19 @@ def wisard_row(sequence: Path, out: Path) -> dict:
         "visible_frames": len(visible.times),
         "thermal_frames": len(thermal.times),
     }
+    geometry = FootageConfig(fov_ratio=fov_ratio) if fov_ratio else FootageConfig()
+    row["fov_ratio_searched"] = list(geometry.fov_ratio)
     start = time.perf_counter()
     try:
-        rig = calibrate_footage(visible, thermal)
+        rig = calibrate_footage(visible, thermal, FootageCalibrationConfig(geometry=geometry))
     except SkyfuseError as exc:
-        row["temporal_error"] = str(exc)
-        rig = calibrate_footage(visible, thermal, FootageCalibrationConfig(time_offset_s=0.0))
+        row["first_attempt_error"] = str(exc)
+        try:
+            rig = calibrate_footage(
+                visible, thermal, FootageCalibrationConfig(time_offset_s=0.0, geometry=geometry)
+            )
+        except SkyfuseError as again:
+            return {**row, "error": str(again)}
     row["seconds"] = time.perf_counter() - start
     rig.save(out / f"{sequence.name}_rig.json")
     pairs = pick_pairs(visible, thermal, rig.time_offset_s, 8)
@@ -177,13 +186,16 @@ def _print_tables(synthetic: list[dict], wisard: list[dict]) -> None:
         print("\nWiSARD (frames timed by file number at 30 fps)")
         print(f"{'sequence':<36} {'edge NCC':>15} {'MI':>13} {'offset fr':>9} {'± s':>6} {'conf':>5}")
         for r in wisard:
+            if "error" in r:
+                print(f"{r['sequence']:<36} refused: {r['error']}")
+                continue
             print(
                 f"{r['sequence']:<36} {r['edge_ncc_before']:>6.3f} -> {r['edge_ncc_after']:<5.3f} "
                 f"{r['mi_before']:>5.3f} -> {r['mi_after']:<5.3f} {r['time_offset_visible_frames']:>+9.2f} "
                 f"{r['time_offset_uncertainty_s'] or float('nan'):>6.3f} {r['confidence']:>5.2f}"
             )
-            if "temporal_error" in r:
-                print(f"    offset not estimated, 0 used: {r['temporal_error']}")
+            if "first_attempt_error" in r:
+                print(f"    first attempt refused ({r['first_attempt_error']}); offset 0 used")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     cases = CASES[:2] if args.quick else CASES
     synthetic = [synthetic_row(case, 4.0 if args.quick else args.seconds) for case in cases]
     sequences = sorted(p for p in WISARD.iterdir() if p.is_dir()) if WISARD.is_dir() else []
-    wisard = [wisard_row(sequence, args.out) for sequence in sequences]
+    wisard, fov_ratio = [], None
+    for sequence in sorted(sequences, key=lambda p: -len(list((p / "thermal").iterdir()))):
+        row = wisard_row(sequence, args.out, fov_ratio)
+        if fov_ratio is None and row.get("fov_ratio"):
+            fov_ratio = (0.85 * row["fov_ratio"], 1.15 * row["fov_ratio"])
+        wisard.append(row)
     _print_tables(synthetic, wisard)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ class FootageConfig:
     coarse_pairs: int = 4  # frame pairs used by the searches (ECC uses all)
     min_score: float = 0.1  # the final edge NCC below which the footage is said not to constrain it
     min_contrast: float = 1.02  # best / runner-up global score below which the match is ambiguous
+    min_pairs: int = 3  # fewer pairs cannot show that one transform fits different ground
 
 
 @dataclass
@@ -247,8 +248,9 @@ def estimate_geometry(
     config = config or FootageConfig()
     if config.model not in MODELS:
         raise SkyfuseError(f"unknown geometric model {config.model!r}; choose one of {', '.join(MODELS)}")
-    if not pairs:
-        raise SkyfuseError("no frame pairs to calibrate from")
+    if len(pairs) < config.min_pairs:
+        raise SkyfuseError(f"calibration from footage needs at least {config.min_pairs} frame pairs spread "
+                           f"over the flight, got {len(pairs)}")
     _check_contrast(pairs)
     (vh, vw), (th, tw) = pairs[0][0].shape[:2], pairs[0][1].shape
     step = max(1, len(pairs) // config.coarse_pairs)

@@ -32,6 +32,7 @@ class TemporalConfig:
     max_offset_s: float = 1.0  # the offsets searched are within ± this
     min_correlation: float = 0.5  # a peak below this means the two streams' motion does not match
     blocks: int = 8  # jackknife blocks for the uncertainty
+    max_uncertainty_frames: float = 2.0  # a larger uncertainty (in frames of the faster stream) is refused
 
 
 @dataclass
@@ -139,7 +140,8 @@ def estimate_offset(
     offsets = np.arange(-config.max_offset_s, config.max_offset_s + 1e-12, fast_period / 10)
     slow_steps = np.diff(slow_track, axis=0)
     scores, counts = _correlations(offsets * sign, slow_times, slow_steps, fast_times, fast_track)
-    usable = counts >= max(MIN_FRAMES - 1, 0.3 * len(slow_steps))
+    # an offset must leave most of the clip overlapping: a correlation of a few intervals means nothing
+    usable = counts >= max(MIN_FRAMES - 1, 0.6 * len(slow_steps))
     if not usable.any():
         raise SkyfuseError(
             "the visible and thermal streams do not overlap in time within "
@@ -162,6 +164,10 @@ def estimate_offset(
     )
     # The grid and the linear interpolation bound the resolution from below.
     uncertainty = math.hypot(uncertainty, fast_period / 20)
+    if not uncertainty <= config.max_uncertainty_frames * fast_period:
+        raise SkyfuseError(f"the footage does not constrain the time offset: {peak:+.3f} s "
+                           f"± {uncertainty:.3f} s (more than {config.max_uncertainty_frames} frames); "
+                           "use a longer clip with changing motion, or give a fixed --time-offset")
     return OffsetEstimate(peak, uncertainty, peak_score, int(counts[np.argmin(np.abs(offsets - peak))]))
 
 

@@ -43,13 +43,16 @@ def test_footage_refuses_blank_and_unrelated_footage():
     flight = SyntheticFlight(FlightConfig(seed=4))
     pairs = _pairs(flight, range(0, 300, 150))
     blank = [(v, np.zeros_like(t)) for v, t in pairs]
+    two_pairs = FootageConfig(min_pairs=2)  # enough to refuse, and quicker
     with pytest.raises(SkyfuseError, match="thermal frames are blank"):
-        estimate_geometry(blank)
+        estimate_geometry(blank, two_pairs)
     # thermal frames of another flight: no placement of one view in the other fits all pairs
     other = SyntheticFlight(FlightConfig(seed=5))
     unrelated = [(v, to_gray(other.thermal_frame(i))) for (v, _), i in zip(pairs, (400, 800))]
     with pytest.raises(SkyfuseError, match="does not constrain the geometry"):
-        estimate_geometry(unrelated)
+        estimate_geometry(unrelated, two_pairs)
+    with pytest.raises(SkyfuseError, match="at least 3 frame pairs"):
+        estimate_geometry(pairs)
     with pytest.raises(SkyfuseError, match="unknown geometric model"):
         estimate_geometry(pairs, FootageConfig(model="spline"))
 
@@ -57,7 +60,7 @@ def test_footage_refuses_blank_and_unrelated_footage():
 @pytest.mark.parametrize("seed, thermal_fps, offset_s", [(2, 15.0, -0.07), (4, 9.0, 0.05)])
 def test_time_offset_within_a_frame(seed, thermal_fps, offset_s):
     flight = FlightConfig(seed=seed, visible_size=(640, 360), thermal_size=(320, 256), speed_px_s=150.0)
-    visible, thermal, _ = synthetic_clips(flight, seconds=4.0, thermal_fps=thermal_fps, time_offset_s=offset_s)
+    visible, thermal, _ = synthetic_clips(flight, 4.0, thermal_fps=thermal_fps, time_offset_s=offset_s)
     estimate = estimate_offset(visible.times, visible.track, thermal.times, thermal.track)
     assert abs(estimate.time_offset_s - offset_s) <= 1 / 30
     assert 0 < estimate.uncertainty_s < 0.1
@@ -83,20 +86,27 @@ def test_pairs_need_overlapping_times():
     assert pick_pairs(visible, thermal, -100.0, 2) == [(0, 0), (4, 4)]
 
 
-def _board(size, board_to_image, inverted, blur, rng):
-    """A 10×7-square checkerboard (9×6 inner corners, 40 board units a square) drawn through a homography."""
-    squares = np.indices((7, 10)).sum(axis=0) % 2
-    canvas = np.kron(squares, np.ones((40, 40))).astype(np.float32)
+def _board(size, board_to_image, inverted, blur, rng, pattern="checkerboard"):
+    """A target drawn through a homography: a 10×7-square checkerboard (9×6 inner corners) or a 9×6
+    grid of dark circles, 40 board units apart, on a white margin."""
+    if pattern == "checkerboard":
+        squares = np.indices((7, 10)).sum(axis=0) % 2
+        canvas = np.kron(squares, np.ones((40, 40))).astype(np.float32)
+    else:
+        canvas = np.ones((280, 400), np.float32)
+        for row in range(6):
+            for col in range(9):
+                cv2.circle(canvas, (40 + 40 * col, 40 + 40 * row), 12, 0.0, -1, cv2.LINE_AA)
     canvas = cv2.copyMakeBorder(canvas, 40, 40, 40, 40, cv2.BORDER_CONSTANT, value=1.0)
-    image = cv2.warpPerspective(
-        canvas, board_to_image @ np.array([[1, 0, -40], [0, 1, -40], [0, 0, 1.0]]), size, borderValue=0.5
-    )
+    shift = np.array([[1, 0, -40], [0, 1, -40], [0, 0, 1.0]])
+    image = cv2.warpPerspective(canvas, board_to_image @ shift, size, borderValue=0.5)
     image = 1 - image if inverted else image
     image = cv2.GaussianBlur(image, (0, 0), blur) + rng.normal(0, 0.02, image.shape)
     return np.clip(image * 200 + 30, 0, 255).astype(np.uint8)
 
 
-def test_target_finds_inverted_board_and_reports_reprojection():
+@pytest.mark.parametrize("pattern", ["checkerboard", "circles"])
+def test_target_finds_inverted_board_and_reports_reprojection(pattern):
     rng = np.random.default_rng(1)
     truth = Rig.identity((960, 540), (480, 384)).visible_to_thermal
     angle = np.radians(3.0)
@@ -107,14 +117,14 @@ def test_target_finds_inverted_board_and_reports_reprojection():
     pairs = []
     for k in range(3):
         board = np.array([[0.9, 0.05 * k, 200 + 60 * k], [-0.04, 0.9, 120 + 20 * k], [1e-5 * k, 0, 1]])
-        visible = cv2.cvtColor(_board((960, 540), board, False, 0.8, rng), cv2.COLOR_GRAY2BGR)
-        pairs.append((visible, _board((480, 384), truth @ board, True, 1.5, rng)))
-    estimate = estimate_target(pairs, TargetConfig("checkerboard", (9, 6)))
+        visible = cv2.cvtColor(_board((960, 540), board, False, 0.8, rng, pattern), cv2.COLOR_GRAY2BGR)
+        pairs.append((visible, _board((480, 384), truth @ board, True, 1.5, rng, pattern)))
+    estimate = estimate_target(pairs, TargetConfig(pattern, (9, 6)))
     assert estimate.pairs_used == 3
     assert corner_error(estimate.visible_to_thermal, truth, (480, 384)) <= 1.0
     assert estimate.reprojection_rms_px < 0.5
     with pytest.raises(SkyfuseError, match="was not found in both views"):
-        estimate_target([(v, np.full_like(t, 128)) for v, t in pairs], TargetConfig("checkerboard", (9, 6)))
+        estimate_target([(v, np.full_like(t, 128)) for v, t in pairs], TargetConfig(pattern, (9, 6)))
 
 
 def test_cli_target_writes_rig_and_overlay(tmp_path, capsys):
@@ -159,31 +169,17 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
     (tmp_path / "blank").mkdir()
     for k in range(5):
         cv2.imwrite(str(tmp_path / "blank" / f"{k}.png"), np.zeros((64, 80), np.uint8))
+    (tmp_path / "one").mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (64, 80), np.uint8)
+    cv2.imwrite(str(tmp_path / "one" / "0.png"), noise)
+    blank, one = str(tmp_path / "blank"), str(tmp_path / "one")
     cases = [
-        (["--visible", str(tmp_path / "missing"), "--thermal", str(tmp_path / "blank")], "not found"),
-        (["--visible", str(tmp_path / "blank"), "--thermal", str(tmp_path / "blank")], "does not"),
-        (
-            [
-                "--visible",
-                str(tmp_path / "blank"),
-                "--thermal",
-                str(tmp_path / "blank"),
-                "--time-offset",
-                "0",
-            ],
-            "blank",
-        ),
-        (
-            [
-                "--visible",
-                str(tmp_path / "blank"),
-                "--thermal",
-                str(tmp_path / "blank"),
-                "--fov-ratio",
-                "3:2",
-            ],
-            "fov-ratio",
-        ),
+        (["--visible", str(tmp_path / "missing"), "--thermal", blank], "not found"),
+        (["--visible", blank, "--thermal", blank], "does not"),
+        (["--visible", blank, "--thermal", blank, "--time-offset", "0"], "blank"),
+        (["--visible", blank, "--thermal", blank, "--fov-ratio", "3:2"], "fov-ratio"),
+        (["--visible", one, "--thermal", one], "at least 4 frames"),
+        (["--visible", one, "--thermal", one, "--time-offset", "0"], "at least 3 frame pairs"),
     ]
     for args, message in cases:
         code = skyfuse(["calibrate", *args, "--output", str(tmp_path / "rig.json")])
