@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -65,7 +66,6 @@ def export_network(network, path: str | Path, *, model_name: str, precision: str
         raise SkyfuseError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if exporter not in EXPORTERS:
         raise SkyfuseError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    _require_implemented(precision)
     dynamo = exporter == "dynamo" or (exporter == "auto" and needs_symbolic_shapes(network))
     opset = opset or (18 if dynamo else 17)  # each exporter's native opset; TensorRT 10.0+ parses up to 20
     low, high = opset_range()
@@ -90,13 +90,20 @@ def export_network(network, path: str | Path, *, model_name: str, precision: str
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
     write_metadata(model, model_name, "fp32", geometry)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if precision == "int8":
+        from .quantize import CALIBRATION_SIZE, calibration_pairs, quantize_int8
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            onnx.save(model, str(fp32))
+            return quantize_int8(fp32, path, calibration_pairs(*geometry.padded(*CALIBRATION_SIZE)))
     if precision == "fp16":
         from .precision import convert_fp16
 
         model = convert_fp16(model)
     onnx.checker.check_model(model, full_check=True)
     require_tensorrt_compatible(model, f"{model_name} ({precision})")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))  # weights inside the one file (these networks are far below 2 GB)
     return model
 
@@ -132,12 +139,6 @@ def _export_dynamo(network, sample, opset: int, geometry: Geometry) -> onnx.Mode
                 if dim.dim_param == name or dim.dim_param.endswith(f"*{name}_blocks"):
                     dim.dim_param = name
     return model
-
-
-def _require_implemented(precision: str) -> None:
-    if precision == "int8":
-        raise SkyfuseError("int8 export (Q/DQ nodes from calibration frames) is not implemented yet; "
-                           "use fp16 or fp32")
 
 
 def cache_dir() -> Path:
@@ -232,7 +233,6 @@ def main(argv: list[str]) -> int:
                         help="torchscript (fast), dynamo (torch.export), auto: dynamo for attention networks")
     parser.add_argument("--output", required=True, help="ONNX file to write")
     args = parser.parse_args(argv)
-    _require_implemented(args.precision)
 
     network = load_network(args.model, args.weights)
     fp32_path = Path(args.output) if args.precision == "fp32" else Path(args.output).with_suffix(".fp32.onnx")
@@ -249,7 +249,15 @@ def main(argv: list[str]) -> int:
 
         convert_fp16_file(fp32_path, args.output)
         report = check_fp16_parity(fp32_path, args.output, sizes)
-        print(f"export: fp16 -> {args.output} ({report})")
-        if not report.passed:
-            raise SkyfuseError(f"fp16 graph is too far from fp32: {report}")
+    elif args.precision == "int8":
+        from .quantize import CALIBRATION_SIZE, calibration_pairs, check_int8_metrics, quantize_int8
+
+        size = geometry.padded(*CALIBRATION_SIZE)
+        quantize_int8(fp32_path, args.output, calibration_pairs(*size))
+        report = check_int8_metrics(fp32_path, args.output, calibration_pairs(*size, count=6, seed=1))
+    else:
+        return 0
+    print(f"export: {args.precision} -> {args.output} ({report})")
+    if not report.passed:
+        raise SkyfuseError(f"{args.precision} graph is too far from fp32: {report}")
     return 0

@@ -46,7 +46,7 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32_outputs: tuple[str, ...] = ("
     graph = model.graph
     types = _tensor_types(graph)
     producers = {out: node for node in graph.node for out in node.output}
-    protected = _flow_path(graph, producers, keep_fp32_outputs)
+    protected = flow_path_nodes(graph, producers, keep_fp32_outputs)
     initializers = {t.name: t for t in graph.initializer}
 
     nodes, fp16_made, casts, new_inits = [], set(), set(), []
@@ -136,7 +136,7 @@ def _fp16_positions(node: onnx.NodeProto, types: dict[str, int]) -> set[int] | N
     return positions
 
 
-def _flow_path(graph: onnx.GraphProto, producers: dict, outputs: tuple[str, ...]) -> set[str]:
+def flow_path_nodes(graph: onnx.GraphProto, producers: dict, outputs: tuple[str, ...]) -> set[str]:
     """Names of the nodes from the last compute op (the flow head, included) to a sampling grid or a
     kept-fp32 output."""
     for i, node in enumerate(graph.node):

@@ -131,8 +131,6 @@ def test_export_command_writes_verified_fp32_and_fp16_graphs(tmp_path, monkeypat
 
 def test_export_command_errors_are_user_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
-    with pytest.raises(SkyfuseError, match="int8"):
-        export.main(["--model", "tiny", "--precision", "int8", "--output", str(tmp_path / "m.onnx")])
     with pytest.raises(SkyfuseError, match="opset"):
         export.main(["--model", "tiny", "--opset", "13", "--output", str(tmp_path / "m.onnx")])
 
@@ -197,4 +195,22 @@ def test_every_network_fp16_graph_is_within_two_gray_levels_of_fp32(name, export
     assert tensorrt_problems(fp16) == []
     assert fp16.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     report = check_fp16_parity(path, tmp_path / f"{name}16.onnx", sizes[:1])
+    assert report.passed, str(report)
+
+
+def test_int8_graph_has_symmetric_qdq_keeps_the_flow_head_float_and_metrics_within_two_percent(tmp_path):
+    from engines.quantize import check_int8_metrics, quantize_int8, synthetic_pairs
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "tiny.onnx"
+    export_network(TinyFusionNet().eval(), fp32, model_name="tiny")
+    model = quantize_int8(fp32, tmp_path / "tiny8.onnx", synthetic_pairs(4, 64, 80))
+    assert tensorrt_problems(model) == []
+    inits = {t.name: t for t in model.graph.initializer}
+    zero_points = [n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(not onnx.numpy_helper.to_array(inits[z]).any() for z in zero_points)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized_inputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert [n.input[0] in quantized_inputs for n in convs] == [True, True, False]  # flow head stays float
+    report = check_int8_metrics(fp32, tmp_path / "tiny8.onnx", synthetic_pairs(3, 64, 80, seed=1))
     assert report.passed, str(report)
