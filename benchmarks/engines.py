@@ -91,7 +91,7 @@ def cost_per_frame(network, height: int, width: int) -> tuple[float, float]:
     return flops / 2e9, sum(traffic) / 1e6
 
 
-def make_engine(backend: str, name: str, network, sizes, batches, threads: int):
+def make_engine(backend: str, name: str, network, sizes, batches, threads: int, precision: str):
     """(engine, run(visible, thermal) for the network alone, synchronise())."""
     geometry = network_geometry(network)
     if backend == "onnxruntime":
@@ -101,9 +101,9 @@ def make_engine(backend: str, name: str, network, sizes, batches, threads: int):
         from engines.onnxruntime_backend import OnnxRuntimeBackend
 
         path = Path(tempfile.mkdtemp()) / "model.onnx"
-        export_network(network, path, model_name=name)
+        export_network(network, path, model_name=name, precision=precision)
         runner = OnnxRuntimeBackend(path, threads=threads)
-        return LearnedEngine(runner, geometry, model=name), runner.run, lambda: None
+        return LearnedEngine(runner, geometry, model=name, precision=precision), runner.run, lambda: None
     if backend == "torch":
         from engines.torch_backend import TorchBackend
 
@@ -124,9 +124,9 @@ def make_engine(backend: str, name: str, network, sizes, batches, threads: int):
         from engines.tensorrt_runtime import create_tensorrt_engine
 
         (h_min, w_min), (h_max, w_max) = min(sizes), max(sizes)
-        engine = create_tensorrt_engine(name, batch=f"{min(batches)},{max(batches)},{max(batches)}",
-                                        size=f"{w_max}x{h_max}", min_size=f"{w_min}x{h_min}",
-                                        max_size=f"{w_max}x{h_max}")
+        batch = f"{min(batches)},{max(batches)},{max(batches)}"
+        engine = create_tensorrt_engine(name, precision=precision, batch=batch, size=f"{w_max}x{h_max}",
+                                        min_size=f"{w_min}x{h_min}", max_size=f"{w_max}x{h_max}")
         return engine, engine.backend.run, lambda: None
     raise SystemExit(f"unknown backend {backend!r}")
 
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="time budget per configuration")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for onnxruntime/torch")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                        help="graph precision for onnxruntime and tensorrt (default fp32)")
     parser.add_argument("--no-reference", action="store_true", help=f"skip the {REFERENCE} reference")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in networks:
             network = build_network(name)
             try:
-                engine, run, synchronise = make_engine(backend, name, network, sizes, batches, args.threads)
+                engine, run, synchronise = make_engine(backend, name, network, sizes, batches, args.threads,
+                                                       args.precision)
             except Exception as exc:  # a backend missing here: say so, go on with the others
                 print(f"{backend} {name}: not available ({exc})", file=sys.stderr)
                 continue
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                                            args.seconds)
                     p50, p99 = np.percentile(net_times, 50), np.percentile(net_times, 99)
                     row = {"backend": backend, "network": name, "width": width, "height": height,
-                           "batch": batch, "network_p50_ms": 1e3 * p50, "network_p99_ms": 1e3 * p99,
+                           "batch": batch, "precision": getattr(engine, "precision", "fp32"),
+                           "network_p50_ms": 1e3 * p50, "network_p99_ms": 1e3 * p99,
                            "frames_per_s": batch / p50, "network_ms_per_frame": 1e3 * p50 / batch,
                            "engine_ms_per_frame": 1e3 * np.percentile(eng_times, 50) / batch,
                            "engine_frames_per_s": batch / np.percentile(eng_times, 50),
@@ -244,7 +248,8 @@ def print_table(rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = "" if r["network"] == REFERENCE else f"{r.get('speedup_vs_reference', float('nan')):.1f}"
-        print(f"| {r['backend']} | {r['network']} | {r['width']}x{r['height']} | {r['batch']} | "
+        print(f"| {r['backend']} {r['precision']} | {r['network']} | {r['width']}x{r['height']} | "
+              f"{r['batch']} | "
               f"{r['network_p50_ms']:.1f} / {r['network_p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
               f"{r['network_ms_per_frame']:.1f} | {r['engine_ms_per_frame']:.1f} | "
               f"{r['gmac_per_frame']:.2f} | {ratio} |")
