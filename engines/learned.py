@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from .base import Engine, FusionResult, check_batch
@@ -128,8 +129,6 @@ class LearnedEngine(Engine):
 
 
 def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
     b, c = x.shape[:2]
     planes = x.reshape(b * c, *x.shape[2:])
     out = np.stack([cv2.resize(p, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for p in planes])
