@@ -25,6 +25,7 @@ import zmq
 
 from calibration.rig import Rig
 from engines.base import Engine
+from engines.batching import BatchScheduler, StreamStats
 from engines.registry import create_engine
 
 from .agc import ThermalAGC
@@ -101,22 +102,13 @@ class Link:
         return drops
 
 
-@dataclass
-class _Ready:
-    link: Link
-    pair: Pair
-    since: float  # monotonic time the pair became ready
-
-
 class FuseStage:
     def __init__(self, links: list[Link], engine: Engine, *, lossless: bool,
                  output_size: tuple[int, int] | None = None, batch: int = 1, max_wait_s: float = 0.0,
                  thumbnails: bool = True):
         self.links, self.engine, self.lossless = links, engine, lossless
-        self.output_size, self.batch, self.max_wait_s = output_size, max(1, batch), max_wait_s
-        self.thumbnails = thumbnails
-        self.ready: list[_Ready] = []
-        self.engine_calls = StageStats("engine")
+        self.output_size, self.batch, self.thumbnails = output_size, max(1, batch), thumbnails
+        self.scheduler = BatchScheduler(engine, max_batch=self.batch, max_wait_s=max_wait_s)
 
     def run(self, stop) -> dict:
         """Fuse until every link's inputs have ended (or `stop` is set); each link then sends its
@@ -125,11 +117,13 @@ class FuseStage:
         try:
             while not stop.is_set() and not all(link.inputs_done for link in self.links):
                 self._receive()
-                self._collect_ready()
-                self._fuse(flush=False)
+                for link in self.links:
+                    self._submit(link)
+                self._engine_call(self.scheduler.poll)
                 self._finish_links()
-            self._collect_ready()
-            self._fuse(flush=True)
+            for link in self.links:
+                self._submit(link)
+            self._engine_call(self.scheduler.flush)
         finally:
             for link in self.links:
                 self._end(link)
@@ -138,13 +132,15 @@ class FuseStage:
     def _receive(self) -> None:
         poller = zmq.Poller()
         active = [link for link in self.links if not link.inputs_done]
+        deadline = self.scheduler.time_to_deadline()
+        timeout_ms = (100 if self.lossless else 20) if deadline is None else max(0, int(deadline * 1000))
         if self.lossless:
             wanted = {}
             for link in active:
                 port = link.port_behind()
                 wanted[port.socket] = (link, port)
                 poller.register(port.socket, zmq.POLLIN)
-            for socket, _ in poller.poll(self._poll_ms()):
+            for socket, _ in poller.poll(timeout_ms):
                 link, port = wanted[socket]
                 if (message := port.recv(0)) is not None:
                     link.accept(message)
@@ -153,60 +149,36 @@ class FuseStage:
         if not any(port.pending() for _, port in ports):
             for _, port in ports:
                 poller.register(port.socket, zmq.POLLIN)
-            poller.poll(self._poll_ms())
+            poller.poll(timeout_ms)
         for link, port in ports:
             while (message := port.recv(0)) is not None:
                 link.accept(message)
 
-    def _poll_ms(self) -> int:
-        if not self.ready:
-            return 100 if self.lossless else 20
-        left = self.ready[0].since + self.max_wait_s - time.monotonic()
-        return max(0, int(left * 1000))
+    def _submit(self, link: Link) -> None:
+        """Hand the link's ready pairs, pre-warped, to the batch scheduler."""
+        pairs = link.pairer.pop_ready()
+        if not self.lossless and len(pairs) > self.batch:  # the engine cannot keep up: newest only
+            link.stats.drops["engine_busy"] += len(pairs) - self.batch
+            pairs = pairs[-self.batch:]
+        for pair in pairs:
+            thermal = self._prepare_thermal(link, pair.thermal.image)
+            visible = self._prewarp(link, pair.visible.image, (thermal.shape[1], thermal.shape[0]))
+            item = (link, pair, visible, thermal)
+            self._engine_call(self.scheduler.submit, link.name, visible, thermal, item)
 
-    def _collect_ready(self) -> None:
-        now = time.monotonic()
-        for link in self.links:
-            self.ready += [_Ready(link, pair, now) for pair in link.pairer.pop_ready()]
-            if not self.lossless:  # the engine cannot keep up: keep only this link's newest pairs
-                stale = [r for r in self.ready if r.link is link][:-self.batch]
-                if stale:
-                    link.stats.drops["engine_busy"] += len(stale)
-                    self.ready = [r for r in self.ready if all(r is not s for s in stale)]
-
-    def _fuse(self, flush: bool) -> None:
-        while self.ready and (flush or len(self.ready) >= self.batch
-                              or time.monotonic() - self.ready[0].since >= self.max_wait_s):
-            batch, rest = [], []
-            for item in self.ready:  # one engine call takes frames of one size
-                same_size = not batch or self._size_of(item) == self._size_of(batch[0])
-                fits = len(batch) < self.batch and same_size
-                (batch if fits else rest).append(item)
-            self.ready = rest
-            self._fuse_batch(batch)
-
-    def _size_of(self, item: _Ready) -> tuple[int, int]:
-        if self.output_size is not None:
-            return self.output_size
-        height, width = item.pair.thermal.image.shape[:2]
-        return width, height
-
-    def _fuse_batch(self, batch: list[_Ready]) -> None:
+    def _engine_call(self, call, *args) -> None:
+        """Run a scheduler call (which may fuse a batch) and send what it fused."""
         started = time.time_ns()
-        thermal = np.stack([self._prepare_thermal(r.link, r.pair.thermal.image) for r in batch])
-        size = (thermal.shape[2], thermal.shape[1])
-        visible = np.stack([self._prewarp(r.link, r.pair.visible.image, size) for r in batch])
         try:
-            result = self.engine.fuse(visible, thermal)
+            outputs = call(*args)
         except Exception as exc:  # a backend failure ends the stage with a message, not a traceback
-            raise SkyfuseError(f"engine {self.engine.describe()} failed on visible frame "
-                               f"{batch[0].pair.visible.seq}: {type(exc).__name__}: {exc}") from exc
+            raise SkyfuseError(f"engine {self.engine.describe()} failed: {type(exc).__name__}: {exc}") \
+                from exc
         finished = time.time_ns()
-        self.engine_calls.count_frame()
-        self.engine_calls.add_latency("batch_size", len(batch))
-        for i, item in enumerate(batch):
-            item.link.stats.add_latency("engine_per_frame", (finished - started) / 1e6 / len(batch))
-            self._send(item.link, item.pair, result.fused[i], visible[i], thermal[i], started, finished)
+        for output in outputs:
+            link, pair, visible, thermal = output.meta
+            link.stats.add_latency("engine_per_frame", (finished - started) / 1e6 / output.batch_size)
+            self._send(link, pair, output.fused, visible, thermal, started, finished)
 
     def _send(self, link: Link, pair: Pair, fused: np.ndarray, visible: np.ndarray, thermal: np.ndarray,
               started: int, finished: int) -> None:
@@ -226,7 +198,8 @@ class FuseStage:
 
     def _finish_links(self) -> None:
         for link in self.links:
-            if link.inputs_done and not any(r.link is link for r in self.ready):
+            batching = self.scheduler.stats.get(link.name)
+            if link.inputs_done and (batching is None or batching.fused == batching.submitted):
                 self._end(link)
 
     def _end(self, link: Link) -> None:
@@ -242,7 +215,7 @@ class FuseStage:
         summary["drops"] = dict(link.drops())
         summary["engine"] = self.engine.describe()
         summary["pairing"] = dict(link.pairer.counts)
-        summary["engine_calls"] = self.engine_calls.frames
+        summary["batching"] = self.scheduler.stats.get(link.name, StreamStats()).summary()
         return summary
 
     def _prepare_thermal(self, link: Link, image: np.ndarray) -> np.ndarray:
@@ -350,6 +323,6 @@ def main(argv: list[str]) -> int:
         close_transport()
         engine.close()
     for name, summary in summaries.items():
-        log(name, f"fused {summary['frames']} frames at {summary['fps']} fps "
-                  f"({summary['engine_calls']} engine calls), drops {summary['drops'] or 'none'}")
+        log(name, f"fused {summary['frames']} frames at {summary['fps']} fps (mean batch "
+                  f"{summary['batching']['mean_batch']}), drops {summary['drops'] or 'none'}")
     return 0
