@@ -1,0 +1,37 @@
+"""Flow warping shared by the registering networks.
+
+Convention (every network and the training data follow it): a flow is (B, 2, H, W) float32 in pixels,
+channel 0 = x, channel 1 = y, and `registered(p) = image(p + flow(p))`. Sampling is bilinear with zero
+padding (pixels that come from outside the thermal view have no content) and `align_corners=False`, so
+pixel centres sit at integer coordinates, as with `cv2.remap`. Exports to ONNX as one GridSample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 2) normalised sampling grid for `grid_sample` from a pixel flow (B, 2, H, W)."""
+    _, _, h, w = flow.shape
+    # Normalised centre of pixel i is (2i + 1) / size - 1 (align_corners=False);
+    # a flow of d pixels adds 2d / size.
+    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) * 2 + 1) / h - 1
+    gx = xs.view(1, 1, w) + flow[:, 0] * (2.0 / w)
+    gy = ys.view(1, h, 1) + flow[:, 1] * (2.0 / h)
+    return torch.stack((gx, gy), dim=-1)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """`image(p + flow(p))`, bilinear, zeros outside; image (B, C, H, W), flow (B, 2, H, W) in pixels."""
+    return F.grid_sample(
+        image, flow_to_grid(flow), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+
+
+def grid_inside(grid: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) 1 where the sampling grid lands inside the source image, else 0."""
+    inside = (grid.abs() <= 1.0).to(grid.dtype)
+    return (inside[..., 0] * inside[..., 1]).unsqueeze(1)

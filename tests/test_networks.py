@@ -1,0 +1,173 @@
+"""The fusion networks: I/O convention, flow sign, size constraints, paper parameter counts, ONNX export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engines.networks import NETWORKS, build_network, pad_to_multiple, save_weights, spec
+from engines.networks.dae_fuse import Discriminator
+from engines.networks.misfit_v import PatchDiscriminator
+from engines.networks.warp import warp
+from pipeline.errors import SkyfuseError
+from training import synth
+
+# Tiny networks run fastest single-threaded; the CI machine's 2 cores are shared with other tests.
+torch.set_num_threads(1)
+
+# Reduced widths that run forward and backward in well under a second.
+TINY = {
+    "skyfuse-rt": {"width": 8, "decoder_width": 8, "match_channels": 4},
+    "umf-cmgr": {
+        "cpstn_width": 4,
+        "cpstn_blocks": 1,
+        "mrrn_width": 4,
+        "difn_width": 4,
+        "difn_growth": 4,
+        "difn_blocks": 1,
+        "difn_layers": 2,
+    },
+    "misfit-v": {"width": 2, "attention_dim": 8, "attention_heads": 2, "attention_out": 1},
+    "dae-fuse": {"dim": 8, "heads": 2, "high_blocks": 1, "vit_depth": 1},
+}
+
+
+def tiny(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_network(name, TINY[name], pretrained=False)
+
+
+def valid_size(name: str) -> tuple[int, int]:
+    m = spec(name).size_multiple
+    return (m, m) if m >= 64 else (4 * m if m < 16 else 48, 5 * m if m < 16 else 64)
+
+
+def test_warp_moves_content_by_the_flow_with_the_documented_sign():
+    image = torch.zeros(1, 1, 32, 40)
+    image[0, 0, 12, 10] = 1.0
+    flow = torch.zeros(1, 2, 32, 40)
+    flow[:, 0], flow[:, 1] = 3.0, -2.0  # registered(p) = image(p + (3, -2))
+    registered = warp(image, flow)[0, 0]
+    y, x = np.unravel_index(int(registered.argmax()), registered.shape)
+    assert (x, y) == (7, 14)
+    assert registered.max() == pytest.approx(1.0)
+    # The numpy twin used to make training data agrees.
+    np.testing.assert_allclose(
+        synth.warp(image[0, 0].numpy(), flow[0].permute(1, 2, 0).numpy()), registered.numpy(), atol=1e-5
+    )
+
+
+def test_warp_leaves_no_content_where_the_sample_leaves_the_image():
+    image = torch.ones(1, 1, 16, 16)
+    flow = torch.zeros(1, 2, 16, 16)
+    flow[:, 0] = 5.0
+    registered = warp(image, flow)[0, 0]
+    assert registered[:, :10].min() == 1.0 and registered[:, 11:].max() == 0.0
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_io_convention_and_gradients(name):
+    net = tiny(name).train()
+    h, w = valid_size(name)
+    visible, thermal = torch.rand(2, 1, h, w), torch.rand(2, 1, h, w)
+    fused, registered, flow = net(visible, thermal)
+    assert fused.shape == registered.shape == (2, 1, h, w) and flow.shape == (2, 2, h, w)
+    assert fused.dtype == flow.dtype == torch.float32
+    assert 0.0 <= float(fused.min()) and float(fused.max()) <= 1.0
+    fused.mean().backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if name in ("misfit-v", "dae-fuse"):  # fusers without registration
+        assert torch.equal(registered, thermal) and not flow.any()
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_odd_sizes_are_refused_clearly_and_work_padded(name):
+    net = tiny(name)
+    multiple = spec(name).size_multiple
+    h, w = (250, 330) if multiple < 256 else (250, 260)
+    visible, thermal = torch.rand(1, 1, h, w), torch.rand(1, 1, h, w)
+    with pytest.raises(ValueError, match=f"multiples of {multiple}"):
+        net(visible, thermal)
+    with torch.no_grad():
+        fused, _, flow = net(pad_to_multiple(visible, multiple), pad_to_multiple(thermal, multiple))
+    assert fused.shape[-2] % multiple == 0 and fused.shape[-2] >= h and flow.shape[-1] >= w
+
+
+def count(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def test_paper_configs_have_the_papers_parameter_counts():
+    umf = build_network("umf-cmgr", pretrained=False)
+    assert count(umf.cpstn) == pytest.approx(11.4, rel=0.03)  # ResNet-9-block generator
+    assert count(umf.mrrn) == pytest.approx(0.171, rel=0.1)
+    assert count(umf.mrrn) + count(umf.difn) == pytest.approx(0.80, rel=0.1)  # paper: MRRN + DIFN
+    misfit = build_network("misfit-v", pretrained=False)
+    assert count(misfit.generator) == pytest.approx(54.4, rel=0.02)
+    assert count(PatchDiscriminator(2, 64)) == pytest.approx(3.0, rel=0.1)
+    dae = build_network("dae-fuse", pretrained=False)
+    assert 0.5 < count(dae) < 5.0 and count(Discriminator()) < 1.0
+
+
+def test_skyfuse_rt_stays_a_small_network():
+    net = build_network("skyfuse-rt", pretrained=False)
+    assert count(net) < 0.5  # a few MB of weights at most
+
+
+def test_build_network_reports_bad_names_fields_and_files(tmp_path):
+    with pytest.raises(SkyfuseError, match="unknown network"):
+        build_network("nope")
+    with pytest.raises(SkyfuseError, match="unknown config field"):
+        build_network("skyfuse-rt", {"depth": 3}, pretrained=False)
+    with pytest.raises(SkyfuseError, match="not found"):
+        build_network("skyfuse-rt", weights=tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SkyfuseError, match="cannot read weights"):
+        build_network("skyfuse-rt", weights=tmp_path / "junk.pt")
+
+
+def test_weights_round_trip_rebuilds_the_saved_architecture(tmp_path):
+    net = tiny("skyfuse-rt")
+    save_weights(net, tmp_path / "w.pt")
+    loaded = build_network("skyfuse-rt", weights=tmp_path / "w.pt")
+    assert loaded.config == net.config and not loaded.training
+    x = torch.rand(1, 1, 32, 48)
+    with torch.no_grad():
+        for a, b in zip(net.eval()(x, x), loaded(x, x)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(SkyfuseError, match="cannot override"):
+        build_network("skyfuse-rt", {"width": 99}, weights=tmp_path / "w.pt")
+
+
+def test_skyfuse_rt_exports_to_onnx_with_dynamic_size(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    net = tiny("skyfuse-rt")
+    x = torch.rand(1, 1, 48, 64)
+    path = tmp_path / "rt.onnx"
+    names = ["visible", "thermal", "fused", "registered", "flow"]
+    torch.onnx.export(
+        net,
+        (x, x),
+        str(path),
+        opset_version=17,
+        input_names=names[:2],
+        output_names=names[2:],
+        dynamic_axes={n: {2: "h", 3: "w"} for n in names},
+        dynamo=False,
+    )
+    model = onnx.load(str(path))
+    ops = {node.op_type for node in model.graph.node}
+    assert "GridSample" in ops
+    doubles = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
+    assert not doubles
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in ((48, 64), (80, 96)):
+        v, t = torch.rand(1, 1, h, w), torch.rand(1, 1, h, w)
+        outputs = session.run(None, {"visible": v.numpy(), "thermal": t.numpy()})
+        with torch.no_grad():
+            expected = net(v, t)
+        for got, want in zip(outputs, expected):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4)

@@ -1,0 +1,228 @@
+"""`skyfuse train`: train one fusion network on aligned pairs with synthetic misalignment.
+
+The data folder is split with training.data.split (RoadScene: 121 train / 100 test, fixed seed); the
+trainer validates on the first `--val-pairs` test pairs, each with its fixed deformation, before the
+first step and every `--val-every` epochs. Output folder: checkpoint.pt (resumable), <model>.pt (the
+network's weights, for build_network), log.csv, curves.png and command.txt (the exact command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from engines.networks import NETWORKS, make_config, network_classes, save_weights, spec
+from pipeline.errors import SkyfuseError
+
+from .data import find_pairs, load_pair, split
+from .dataset import FixedMisaligned, MisalignedCrops
+from .plot import plot_history
+from .recipes import recipe_class
+from .synth import MisalignConfig
+from .validate import baseline, validate
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="skyfuse train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", required=True, choices=list(NETWORKS))
+    p.add_argument("--data", required=True, help="folder of aligned pairs (RoadScene layout, pairs.csv, ...)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256, help="square training crop (a multiple of the network's)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default="out/train", help="output folder")
+    p.add_argument("--resume", help="checkpoint.pt to continue from")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--config", nargs="*", default=[], metavar="KEY=VALUE", help="network config overrides, e.g. width=16"
+    )
+    p.add_argument("--repeats", type=int, default=1, help="crops per pair per epoch")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--time-limit", type=float, help="stop after this many minutes (after the current step)")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--val-pairs", type=int, default=20, help="test pairs used for validation")
+    p.add_argument("--parallax", type=float, default=0.0, help="max depth-dependent parallax shift, px")
+    return p.parse_args(argv)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE strings -> dict, values read as int, float, bool or string."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SkyfuseError(f"--config expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+def check_args(args: argparse.Namespace) -> None:
+    multiple = spec(args.model).size_multiple
+    if args.crop <= 0 or args.crop % multiple:
+        raise SkyfuseError(
+            f"--crop must be a positive multiple of {multiple} for {args.model}, got {args.crop}"
+        )
+    for name in ("epochs", "batch", "repeats", "val_every"):
+        if getattr(args, name) <= 0:
+            raise SkyfuseError(f"--{name.replace('_', '-')} must be positive")
+    if args.lr <= 0:
+        raise SkyfuseError("--lr must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SkyfuseError("--device cuda: no CUDA device available to torch")
+
+
+class Progress:
+    """One self-overwriting status line on stderr per epoch (a progress bar without a dependency)."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.start = total, label, time.monotonic()
+
+    def update(self, done: int, values: dict[str, float]) -> None:
+        width = 24
+        filled = int(width * done / max(1, self.total))
+        text = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+        rate = done / max(1e-9, time.monotonic() - self.start)
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+            f"{rate:.2f} it/s {text}"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def write_log(history: list[dict], out: Path) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(out / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    series = [k for k in keys if k not in ("epoch", "step", "elapsed_s")]
+    plot_history(history, "step", series, out / "curves.png")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    check_args(args)
+    overrides = parse_overrides(args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "command.txt").write_text("skyfuse train " + shlex.join(argv) + "\n")
+
+    train_paths, test_paths = split(find_pairs(args.data))
+    print(f"data: {len(train_paths)} training pairs, {len(test_paths)} test pairs ({args.data})")
+    synth = MisalignConfig(parallax_px=args.parallax)
+    train_set = MisalignedCrops(
+        [load_pair(p) for p in train_paths], args.crop, synth, args.seed, args.repeats
+    )
+    val_samples = list(FixedMisaligned([load_pair(p) for p in test_paths[: args.val_pairs]], synth))
+
+    network_cls, _ = network_classes(args.model)
+    network = network_cls(make_config(args.model, overrides))
+    recipe = recipe_class(args.model)(network, args.lr).to(device)
+    n_params = sum(p.numel() for p in network.parameters())
+    print(f"model: {args.model} {network.config} ({n_params / 1e6:.3f} M parameters)")
+
+    history: list[dict] = []
+    epoch = step = 0
+    if args.resume:
+        state = torch.load(args.resume, map_location=device, weights_only=False)
+        recipe.load_state_dict(state["recipe"])
+        epoch, step, history = state["epoch"], state["step"], state["history"]
+        print(f"resumed from {args.resume} at epoch {epoch}, step {step}")
+
+    multiple = spec(args.model).size_multiple
+    if not history and val_samples:
+        floor = baseline(val_samples)
+        print(
+            "baseline (no registration, 50/50 blend): " + " ".join(f"{k} {v:.4f}" for k, v in floor.items())
+        )
+        (out / "baseline.txt").write_text("".join(f"{k},{v}\n" for k, v in floor.items()))
+        history.append(
+            {"epoch": 0, "step": 0, "elapsed_s": 0.0}
+            | {f"val_{k}": v for k, v in validate(network, val_samples, multiple, device).items()}
+        )
+    steps_per_epoch = len(train_set) // args.batch
+    recipe.plan(min(args.max_steps or 10**12, args.epochs * steps_per_epoch))
+    if steps_per_epoch == 0:
+        raise SkyfuseError(
+            f"--batch {args.batch} is larger than the {len(train_set)} training crops per epoch"
+        )
+    start = time.monotonic() - (history[-1]["elapsed_s"] if history else 0.0)
+    stop = False
+    while epoch < args.epochs and not stop:
+        train_set.set_epoch(epoch)
+        loader = DataLoader(
+            train_set,
+            batch_size=args.batch,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(args.seed * 100003 + epoch),
+        )
+        progress = Progress(len(loader), f"epoch {epoch + 1}/{args.epochs}")
+        recipe.train()
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(loader):
+            losses = recipe.train_step({k: v.to(device) for k, v in batch.items()})
+            step += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            progress.update(i + 1, {k: v / (i + 1) for k, v in sums.items()})
+            elapsed = time.monotonic() - start
+            if (args.max_steps and step >= args.max_steps) or (
+                args.time_limit and elapsed > 60 * args.time_limit
+            ):
+                stop = True
+                break
+        progress.close()
+        epoch += 1
+        row = {"epoch": epoch, "step": step, "elapsed_s": round(time.monotonic() - start, 1)}
+        row |= {f"train_{k}": v / max(1, i + 1) for k, v in sums.items()}
+        if val_samples and (epoch % args.val_every == 0 or stop or epoch == args.epochs):
+            scores = validate(network, val_samples, multiple, device)
+            row |= {f"val_{k}": v for k, v in scores.items()}
+            print(f"validation after epoch {epoch}: " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        history.append(row)
+        write_log(history, out)
+        torch.save(
+            {
+                "recipe": recipe.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "model": args.model,
+                "config": overrides,
+            },
+            out / "checkpoint.pt",
+        )
+        save_weights(network, out / f"{args.model}.pt")
+    print(
+        f"done: {step} steps in {time.monotonic() - start:.0f} s; weights {out / (args.model + '.pt')}, "
+        f"log {out / 'log.csv'}, curves {out / 'curves.png'}"
+    )
+    return 0
