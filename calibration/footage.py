@@ -49,6 +49,7 @@ class GeometryEstimate:
     score_after: float  # edge NCC after calibration
     pairs_used: int
     details: dict = field(default_factory=dict)
+    per_pair: list = field(default_factory=list)  # each pair's own refined matrix (None where ECC failed)
 
 
 def thermal_corners(thermal_size: tuple[int, int]) -> np.ndarray:
@@ -63,6 +64,12 @@ def corner_error(estimate: np.ndarray, truth: np.ndarray, thermal_size: tuple[in
     in_visible = cv2.perspectiveTransform(corners, np.linalg.inv(truth))
     mapped = cv2.perspectiveTransform(in_visible, estimate)
     return float(np.linalg.norm((mapped - corners).reshape(-1, 2), axis=1).mean())
+
+
+def corners_in_visible(matrix: np.ndarray, thermal_size: tuple[int, int]) -> np.ndarray:
+    """(4, 2) visible px that a visible→thermal matrix maps onto the thermal frame corners."""
+    corners = thermal_corners(thermal_size).reshape(-1, 1, 2)
+    return cv2.perspectiveTransform(corners, np.linalg.inv(matrix)).reshape(-1, 2)
 
 
 def _resize_matrix(sx: float, sy: float | None = None) -> np.ndarray:
@@ -193,8 +200,8 @@ def _ecc(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray, motion: i
     return np.linalg.inv(residual.astype(np.float64)) @ matrix
 
 
-def _refine(pairs, matrix: np.ndarray, model: str) -> list[np.ndarray]:
-    """Per-pair ECC at half, then full thermal resolution; pairs where ECC fails are left out."""
+def _refine(pairs, matrix: np.ndarray, model: str) -> list[np.ndarray | None]:
+    """Per-pair ECC at half, then full thermal resolution; None for a pair where ECC fails."""
     motion = cv2.MOTION_HOMOGRAPHY if model == "homography" else cv2.MOTION_AFFINE
     th, tw = pairs[0][1].shape
     results = []
@@ -204,26 +211,20 @@ def _refine(pairs, matrix: np.ndarray, model: str) -> list[np.ndarray]:
             down = _resize_matrix(1.0 / level)
             refined = _ecc(visible, _resize_width(thermal, tw // level), down @ current, motion)
             if refined is None:
+                current = None
                 break
             current = _to_model(np.linalg.inv(down) @ refined, model, (tw, th))
-        else:
-            results.append(current)
+        results.append(current)
     return results
 
 
 def _combine(matrices: list[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, float]:
     """The per-corner median of the per-pair estimates (robust to a pair where ECC went astray) and the
     estimated error at the corners: the spread of the agreeing pairs over √n."""
-    corners = thermal_corners(size).astype(np.float32)
-    in_visible = np.stack(
-        [
-            cv2.perspectiveTransform(corners.reshape(-1, 1, 2).astype(np.float64), np.linalg.inv(m)).reshape(
-                -1, 2
-            )
-            for m in matrices
-        ]
-    )
-    result = cv2.getPerspectiveTransform(np.median(in_visible, axis=0).astype(np.float32), corners)
+    corners = thermal_corners(size)
+    in_visible = np.stack([corners_in_visible(m, size) for m in matrices])
+    result = cv2.getPerspectiveTransform(np.median(in_visible, axis=0).astype(np.float32),
+                                         corners.astype(np.float32))
     errors = np.array([corner_error(m, result, size) for m in matrices])
     agreeing = errors[errors <= max(2.0, 3 * np.median(errors))]
     if len(agreeing) < 2:
@@ -240,11 +241,10 @@ def edge_score(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray) -> 
     return ncc(edge_strength(warped), edge_strength(thermal), mask)
 
 
-def estimate_geometry(
-    pairs: list[tuple[np.ndarray, np.ndarray]], config: FootageConfig | None = None
-) -> GeometryEstimate:
-    """The visible→thermal transform from (visible gray, thermal gray) float pairs taken at the same
-    instant. Raises SkyfuseError when the footage does not constrain it."""
+def estimate_geometry(pairs: list[tuple[np.ndarray, np.ndarray]], config: FootageConfig | None = None
+                      ) -> GeometryEstimate:
+    """The visible→thermal transform from (visible, thermal) float pairs taken at the same instant.
+    Raises SkyfuseError when the footage does not constrain it."""
     config = config or FootageConfig()
     if config.model not in MODELS:
         raise SkyfuseError(f"unknown geometric model {config.model!r}; choose one of {', '.join(MODELS)}")
@@ -255,14 +255,15 @@ def estimate_geometry(
     (vh, vw), (th, tw) = pairs[0][0].shape[:2], pairs[0][1].shape
     step = max(1, len(pairs) // config.coarse_pairs)
     search_pairs = pairs[::step][: config.coarse_pairs]
-
     coarse_size = (config.coarse_width, round(th * config.coarse_width / tw))
     candidates = _distinct(_global_search(search_pairs, config), coarse_size)
     contrast = candidates[0].score / max(candidates[1].score, 1e-6) if len(candidates) > 1 else math.inf
     best = max((_local_search(search_pairs, c, config) for c in candidates[:2]), key=lambda c: c.score)
     fine_h = round(th * config.fine_width / tw)
     start = _resize_matrix(tw / config.fine_width, th / fine_h) @ best.matrix
-    refined = _refine(pairs, _to_model(start, config.model, (tw, th)), config.model)
+    details = {"fov_ratio": best.ratio, "rotation_deg": best.angle, "search_contrast": contrast}
+    per_pair = _refine(pairs, _to_model(start, config.model, (tw, th)), config.model)
+    refined = [m for m in per_pair if m is not None]
     if not refined:
         raise SkyfuseError(
             "the footage does not constrain the geometry: the fine alignment diverged on "
@@ -283,13 +284,8 @@ def estimate_geometry(
     # Confidence: each factor in 0..1 — a distinct global peak, a strong final correlation, pairs that agree.
     agree = 1.0 / (1.0 + (spread if math.isfinite(spread) else 2.0))
     confidence = min(1.0, (contrast - 1.0) * 10) * min(1.0, after / 0.5) * agree
-    details = {
-        "fov_ratio": best.ratio,
-        "rotation_deg": best.angle,
-        "search_contrast": contrast,
-        "pairs_refined": len(refined),
-    }
-    return GeometryEstimate(matrix, spread, confidence, before, after, len(pairs), details)
+    details["pairs_refined"] = len(refined)
+    return GeometryEstimate(matrix, spread, confidence, before, after, len(pairs), details, per_pair)
 
 
 def _check_contrast(pairs) -> None:

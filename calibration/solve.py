@@ -35,19 +35,34 @@ def _nearest(times: np.ndarray, instants: np.ndarray) -> np.ndarray:
     return np.where(np.abs(times[left] - instants) <= np.abs(times[right] - instants), left, right)
 
 
+def _image_speed(clip: Clip) -> np.ndarray:
+    """How fast each frame's image moves (tracker px per frame at the image corners: shift plus
+    rotation), from the central difference of the clip's motion track."""
+    if len(clip.track) < 2:
+        return np.zeros(len(clip.track))
+    step = np.gradient(clip.track, axis=0)
+    return np.hypot(step[:, 0], step[:, 1]) + np.abs(step[:, 2]) * TRACK_WIDTH * 0.64
+
+
 def pick_pairs(visible: Clip, thermal: Clip, offset_s: float, count: int) -> list[tuple[int, int]]:
-    """Up to `count` (visible, thermal) positions showing the same instant under `offset_s`, spread
-    evenly over the overlap of the two clips. A thermal frame pairs with the visible frame nearest to
-    the instant it shows, within half a visible frame period."""
+    """Up to `count` (visible, thermal) positions showing the same instant under `offset_s`. A thermal
+    frame pairs with the visible frame nearest to the instant it shows, within half a visible frame
+    period. The pairs are spread over the overlap of the clips (one per equal share of it), and within
+    each share the one where the image moves least is taken: there an error in the time offset costs
+    the least geometric error."""
     period = 1.0 / visible.fps if visible.fps > 0 else math.inf
     shown = thermal.times + offset_s
     nearest = _nearest(visible.times, shown)
     candidates = np.flatnonzero(np.abs(visible.times[nearest] - shown) <= 0.5 * period + 1e-9)
     if len(candidates) == 0:
-        raise SkyfuseError("no visible frame shows the same instant as any thermal frame: the streams do not "
-                           "overlap in time (check the sources, or the --time-offset given)")
-    spread = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
-    return [(int(nearest[j]), int(j)) for j in candidates[spread]]
+        raise SkyfuseError(
+            "no visible frame shows the same instant as any thermal frame: the streams do not "
+            "overlap in time (check the sources, or the --time-offset given)"
+        )
+    speed = _image_speed(thermal)
+    shares = np.array_split(candidates, min(count, len(candidates)))
+    chosen = [int(share[np.argmin(speed[share])]) for share in shares]
+    return [(int(nearest[j]), j) for j in chosen]
 
 
 def motion_compensated(image: np.ndarray, clip: Clip, position: int, instant: float) -> np.ndarray:
@@ -81,17 +96,24 @@ def _offset_quality(offset: OffsetEstimate, visible: Clip, thermal: Clip, source
     }
 
 
+def _footage_pairs(
+    visible: Clip, thermal: Clip, offset_s: float, count: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Float (visible, thermal) frame pairs for the geometry under `offset_s`, the visible frame
+    motion-compensated to the instant the thermal frame shows."""
+    pairs = pick_pairs(visible, thermal, offset_s, count)
+    loaded = visible.load([v for v, _ in pairs])
+    shown = [float(thermal.times[t] + offset_s) for _, t in pairs]
+    compensated = [motion_compensated(image, visible, v, s) for image, (v, _), s in zip(loaded, pairs, shown)]
+    return [(to_float(v), to_gray(t)) for v, t in zip(compensated, thermal.load([t for _, t in pairs]))]
+
+
 def calibrate_footage(visible: Clip, thermal: Clip, config: FootageCalibrationConfig | None = None) -> Rig:
     """The rig (homography, time offset, quality figures) from two clips of the same flight."""
     config = config or FootageCalibrationConfig()
     offset = _offset(visible, thermal, config.time_offset_s, config.temporal)
-    pairs = pick_pairs(visible, thermal, offset.time_offset_s, config.pairs)
-    shown = [thermal.times[t] + offset.time_offset_s for _, t in pairs]
-    visible_frames = [motion_compensated(image, visible, v, instant)
-                      for image, (v, _), instant in zip(visible.load([v for v, _ in pairs]), pairs, shown)]
-    thermal_frames = thermal.load([t for _, t in pairs])
     geometry = estimate_geometry(
-        [(to_float(v), to_gray(t)) for v, t in zip(visible_frames, thermal_frames)], config.geometry
+        _footage_pairs(visible, thermal, offset.time_offset_s, config.pairs), config.geometry
     )
     quality = {
         "corner_error_px": _finite(geometry.corner_error_px),

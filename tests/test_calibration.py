@@ -83,7 +83,8 @@ def test_pairs_need_overlapping_times():
     thermal = clip_from_render("thermal", 100 + np.arange(5) / 30, lambda i: frames[i])
     with pytest.raises(SkyfuseError, match="do not overlap in time"):
         pick_pairs(visible, thermal, 0.0, 4)
-    assert pick_pairs(visible, thermal, -100.0, 2) == [(0, 0), (4, 4)]
+    pairs = pick_pairs(visible, thermal, -100.0, 2)  # one pair from each half, same instants
+    assert len(pairs) == 2 and all(v == t for v, t in pairs) and pairs[0][1] < 3 <= pairs[1][1]
 
 
 def _board(size, board_to_image, inverted, blur, rng, pattern="checkerboard"):
