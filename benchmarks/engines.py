@@ -247,7 +247,8 @@ def print_table(rows: list[dict]) -> None:
           "| ms/frame (host in->out) | GMAC/frame | x faster than UMF-CMGR |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ratio = "" if r["network"] == REFERENCE else f"{r.get('speedup_vs_reference', float('nan')):.1f}"
+        ratio = f"{r['speedup_vs_reference']:.1f}" if "speedup_vs_reference" in r else ""
+        ratio = "" if r["network"] == REFERENCE else ratio
         print(f"| {r['backend']} {r['precision']} | {r['network']} | {r['width']}x{r['height']} | "
               f"{r['batch']} | "
               f"{r['network_p50_ms']:.1f} / {r['network_p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
