@@ -1,0 +1,173 @@
+"""`skyfuse eval`: score networks and classical baselines on a fixed benchmark protocol.
+
+Protocol `roadscene-misaligned`: the 100 RoadScene test pairs of training.data.split, each thermal image
+deformed by its fixed seeded deformation (training.dataset.FixedMisaligned). Rows, per network:
+- `NAME`: fed the misaligned pair (the network registers and fuses);
+- `NAME oracle-reg`: fed the thermal image registered with the ground-truth flow (same resampling and
+  missing border as the misaligned input: the gap to it is the registration error alone);
+- `NAME aligned`: fed the original aligned pair (upper bound);
+and per classical baseline: the misaligned pair fused with no registration, and the oracle registration.
+Registration metrics (MSE, NCC, MI, EPE) are over the pixels the warped image shows; fusion metrics compare
+the fused image with the visible image and the *aligned* thermal image (a ghost costs score), with the
+conventions of training.metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from engines.classical import BlendEngine, PyramidEngine
+from engines.networks import NETWORKS, build_network, spec
+from pipeline.errors import SkyfuseError
+
+from . import synth
+from .data import find_pairs, load_pair, split
+from .dataset import FixedMisaligned
+from .metrics import fusion_metrics, registration_metrics
+from .validate import run_network, to_u8
+
+FUSION_COLUMNS = ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC"]
+REGISTRATION_COLUMNS = ["reg_MSE", "reg_NCC", "reg_MI", "reg_EPE"]
+BASELINES = {"blend": BlendEngine(), "pyramid": PyramidEngine()}
+GRID_PAIRS, TILE_HEIGHT = 3, 160
+
+
+def classical(engine, visible: np.ndarray, thermal: np.ndarray) -> np.ndarray:
+    return engine.fuse_luma(to_u8(visible), to_u8(thermal)).astype(np.float32) / 255.0
+
+
+def rows_for_pair(sample, networks: dict, baselines: list[str]) -> dict[str, tuple]:
+    """row name -> (fused, registered, flow or None) for one test pair."""
+    visible, misaligned = sample["visible"][0].numpy(), sample["thermal"][0].numpy()
+    aligned, true_flow = sample["aligned"][0].numpy(), sample["flow"].permute(1, 2, 0).numpy()
+    oracle = synth.warp(misaligned, true_flow)
+    results = {}
+    for name, network in networks.items():
+        multiple = spec(name).size_multiple
+        for suffix, thermal in (("", misaligned), (" oracle-reg", oracle), (" aligned", aligned)):
+            out = run_network(
+                network,
+                torch.from_numpy(visible)[None, None],
+                torch.from_numpy(thermal)[None, None],
+                multiple,
+            )
+            results[name + suffix] = out if not suffix else (out[0], None, None)
+    for name in baselines:
+        zero = np.zeros(visible.shape + (2,), np.float32)
+        results[f"{name} (no registration)"] = (
+            classical(BASELINES[name], visible, misaligned),
+            misaligned,
+            zero,
+        )
+        results[f"{name} oracle-reg"] = (classical(BASELINES[name], visible, oracle), None, None)
+    return results
+
+
+def score_row(sample, fused, registered, flow) -> dict[str, float]:
+    visible, aligned = sample["visible"][0].numpy(), sample["aligned"][0].numpy()
+    scores = fusion_metrics(to_u8(visible), to_u8(aligned), to_u8(fused), FUSION_COLUMNS)
+    if registered is not None:
+        reg = registration_metrics(
+            to_u8(registered),
+            to_u8(aligned),
+            flow=flow,
+            true_flow=sample["flow"].permute(1, 2, 0).numpy(),
+            mask=sample["valid"][0].numpy(),
+        )
+        scores |= {f"reg_{k}": v for k, v in reg.items()}
+    return scores
+
+
+def tile(image: np.ndarray, label: str) -> np.ndarray:
+    h, w = image.shape[:2]
+    out = cv2.resize(to_u8(image), (int(w * TILE_HEIGHT / h), TILE_HEIGHT), interpolation=cv2.INTER_AREA)
+    out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
+    cv2.putText(out, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def grid_row(sample, results: dict, networks: list[str]) -> np.ndarray:
+    tiles = [
+        tile(sample["visible"][0].numpy(), "visible"),
+        tile(sample["thermal"][0].numpy(), "thermal (misaligned)"),
+    ]
+    first_baseline = next((k for k in results if k.endswith("(no registration)")), None)
+    if first_baseline:
+        tiles.append(tile(results[first_baseline][0], first_baseline))
+    for name in networks:
+        tiles += [tile(results[name][1], f"{name} registered"), tile(results[name][0], f"{name} fused")]
+    return np.hstack(tiles)
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    columns = REGISTRATION_COLUMNS + FUSION_COLUMNS
+    width = max(map(len, table)) + 2
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>9}" for c in columns)]
+    for row, values in table.items():
+        cells = "".join(f"{values[c]:>9.4f}" if c in values else f"{'-':>9}" for c in columns)
+        lines.append(f"{row:<{width}}" + cells)
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="skyfuse eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--protocol", default="roadscene-misaligned", choices=["roadscene-misaligned"])
+    p.add_argument("--data", default="../shared/data/roadscene", help="RoadScene folder")
+    p.add_argument(
+        "--models", nargs="*", default=["skyfuse-rt"], help=f"networks among {', '.join(NETWORKS)}"
+    )
+    p.add_argument(
+        "--weights", nargs="*", default=[], metavar="MODEL=PATH", help="weights other than the default"
+    )
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES))
+    p.add_argument("--limit", type=int, help="score only the first N test pairs")
+    p.add_argument("--json", help="write the table as JSON")
+    p.add_argument("--grid", default="out/eval/grid.png", help="PNG grid of example results")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    unknown = [m for m in args.models if m not in NETWORKS]
+    if unknown:
+        raise SkyfuseError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(NETWORKS)}")
+    weights = dict(item.split("=", 1) for item in args.weights if "=" in item)
+    networks = {m: build_network(m, weights=weights.get(m)) for m in args.models}
+    _, test = split(find_pairs(args.data))
+    samples = FixedMisaligned([load_pair(p) for p in test[: args.limit]])
+    sums: dict[str, dict[str, list[float]]] = {}
+    grid = []
+    for i in range(len(samples)):
+        sample = samples[i]
+        results = rows_for_pair(sample, networks, args.baselines)
+        for row, (fused, registered, flow) in results.items():
+            for k, v in score_row(sample, fused, registered, flow).items():
+                sums.setdefault(row, {}).setdefault(k, []).append(v)
+        if i < GRID_PAIRS:
+            grid.append(grid_row(sample, results, list(networks)))
+        print(f"\rscored {i + 1}/{len(samples)} pairs", end="", flush=True)
+    print()
+    table = {row: {k: float(np.mean(v)) for k, v in values.items()} for row, values in sums.items()}
+    print(format_table(table))
+    if grid:
+        width = max(g.shape[1] for g in grid)
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(
+            args.grid,
+            np.vstack(
+                [cv2.copyMakeBorder(g, 0, 0, 0, width - g.shape[1], cv2.BORDER_CONSTANT) for g in grid]
+            ),
+        )
+        print(f"example grid: {args.grid}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(
+            json.dumps({"protocol": args.protocol, "pairs": len(samples), "rows": table}, indent=2)
+        )
+    return 0
