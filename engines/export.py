@@ -152,7 +152,8 @@ def cached_export(model: str, weights: str | None = None, precision: str = "fp32
     network and exporter source)."""
     import torch
 
-    weights_id = _file_digest(weights) if weights else "untrained"
+    weights_file = weights or _shipped_weights(model)
+    weights_id = _file_digest(weights_file) if weights_file else "untrained"
     key = json.dumps([model, weights_id, precision, overrides or {}, torch.__version__, onnx.__version__,
                       _code_digest()], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -163,6 +164,16 @@ def cached_export(model: str, weights: str | None = None, precision: str = "fp32
         export_network(network, tmp, model_name=model, precision=precision)
         tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return path
+
+
+def _shipped_weights(model: str) -> str | None:
+    """engines/weights/<model>.pt, which build_network loads when no weights are given."""
+    try:
+        from engines.networks import default_weights
+    except ImportError:
+        return None
+    path = default_weights(model)
+    return str(path) if path.is_file() else None
 
 
 def _code_digest() -> str:
