@@ -161,8 +161,12 @@ def test_skyfuse_rt_exports_to_onnx_with_dynamic_size(tmp_path):
     model = onnx.load(str(path))
     ops = {node.op_type for node in model.graph.node}
     assert "GridSample" in ops
-    doubles = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
-    assert not doubles
+    double = onnx.TensorProto.DOUBLE
+    doubles = [t.name for t in model.graph.initializer if t.data_type == double]
+    nodes = model.graph.node
+    doubles += [n.name for n in nodes if n.op_type == "Constant" and n.attribute[0].t.data_type == double]
+    doubles += [n.name for n in nodes if n.op_type == "Cast" and n.attribute[0].i == double]
+    assert not doubles and model.opset_import[0].version == 17
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for h, w in ((48, 64), (80, 96)):
         v, t = torch.rand(1, 1, h, w), torch.rand(1, 1, h, w)
