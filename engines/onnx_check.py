@@ -29,6 +29,10 @@ SHAPE_INPUTS = {
     "Resize": (2, 3), "Upsample": (1,), "Slice": (1, 2, 3, 4), "Pad": (1,), "TopK": (1,), "OneHot": (1,),
     "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,),
 }
+# op -> input positions TensorRT needs as build-time constants (initializers or Constant nodes).
+REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+              "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")
+CONSTANT_INPUTS = {"TopK": (1,), "CumSum": (1,), "OneHot": (1,), **dict.fromkeys(REDUCTIONS, (1,))}
 # Operators whose outputs carry shape information only, never the values of their inputs.
 SHAPE_OPS = {"Shape", "Size"}
 
@@ -71,6 +75,7 @@ def tensorrt_problems(model: onnx.ModelProto) -> list[str]:
         if node.op_type in VALUE_SHAPED_OPS:
             problems.append(f"node {label}: {node.op_type} has data-dependent output shapes")
         problems += _restriction_problems(node, graph)
+    problems += _constant_input_problems(graph)
     problems += _float64_problems(graph, nodes)
     problems += _value_shape_problems(graph)
     return problems
@@ -106,6 +111,18 @@ def _float64_problems(graph: onnx.GraphProto, nodes: list) -> list[str]:
                 problems.append(f"node {node.name or node.op_type}: casts to float64")
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.DOUBLE:
                 problems.append(f"node {node.name or node.op_type}: float64 constant")
+    return problems
+
+
+def _constant_input_problems(graph: onnx.GraphProto) -> list[str]:
+    constants = {t.name for t in graph.initializer}
+    constants.update(n.output[0] for n in graph.node if n.op_type == "Constant")
+    problems = []
+    for node in graph.node:
+        for position in CONSTANT_INPUTS.get(node.op_type, ()):
+            if position < len(node.input) and node.input[position] and node.input[position] not in constants:
+                problems.append(f"node {node.name or node.op_type}: {node.op_type} input {position} "
+                                "must be a constant for TensorRT")
     return problems
 
 

@@ -214,3 +214,14 @@ def test_int8_graph_has_symmetric_qdq_keeps_the_flow_head_float_and_metrics_with
     assert [n.input[0] in quantized_inputs for n in convs] == [True, True, False]  # flow head stays float
     report = check_int8_metrics(fp32, tmp_path / "tiny8.onnx", synthetic_pairs(3, 64, 80, seed=1))
     assert report.passed, str(report)
+
+
+def test_the_tensorrt_check_wants_reduction_axes_as_constants():
+    x = _tensor("x", shape=(2, 3))
+    axes_input = _graph([helper.make_node("ReduceSum", ["x", "axes"], ["y"])],
+                        [x, _tensor("axes", TensorProto.INT64, (1,))], [_tensor("y", shape=(2, 1))])
+    assert any("ReduceSum input 1 must be a constant" in p for p in tensorrt_problems(axes_input))
+    axes_constant = _graph([helper.make_node("ReduceSum", ["x", "axes"], ["y"])], [x],
+                           [_tensor("y", shape=(2, 1))],
+                           initializers=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    assert tensorrt_problems(axes_constant) == []
