@@ -2,8 +2,9 @@
 
 Inputs "visible", "thermal" and outputs "fused", "registered", "flow", all (B, C, H, W) float32 with dynamic
 batch and, where the network allows it, dynamic height and width. The precision is decided here, in the
-graph (strong typing, GPU.md): fp32, or fp16 made by engines/precision.py and checked against fp32 on
-ONNX Runtime. Every export passes the TensorRT compatibility check (engines/onnx_check.py).
+graph (strong typing, GPU.md): fp32; fp16 (engines/precision.py, fused image checked against fp32 on ONNX
+Runtime); int8 Q/DQ (engines/quantize.py, fusion metrics checked against fp32). Every export passes the
+TensorRT compatibility check (engines/onnx_check.py).
 """
 
 from __future__ import annotations
