@@ -232,6 +232,18 @@ def _combine(matrices: list[np.ndarray], size: tuple[int, int]) -> tuple[np.ndar
     return result, float(np.sqrt(np.mean(agreeing**2) / (len(agreeing) - 1)))
 
 
+def pair_spread(pairs, matrix: np.ndarray, model: str) -> float:
+    """How much the pairs disagree: RMS corner distance (thermal px) of each pair's own refined fit from
+    their median, starting from `matrix`. Pairs taken at different instants disagree when they are
+    paired at the wrong time offset, since each is then displaced along its own image motion."""
+    th, tw = pairs[0][1].shape
+    fits = [m for m in _refine(pairs, matrix, model) if m is not None]
+    if len(fits) < 3:
+        return math.inf
+    median, _ = _combine(fits, (tw, th))
+    return float(np.sqrt(np.mean([corner_error(m, median, (tw, th)) ** 2 for m in fits])))
+
+
 def edge_score(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray) -> float:
     """Edge NCC between the thermal image and the visible image warped by `matrix`, over their overlap."""
     size = (thermal.shape[1], thermal.shape[0])

@@ -14,7 +14,7 @@ from pipeline.errors import SkyfuseError
 
 from .clips import Clip
 from .features import to_float, to_gray
-from .footage import FootageConfig, estimate_geometry
+from .footage import FootageConfig, estimate_geometry, pair_spread
 from .rig import Rig
 from .target import TargetConfig, estimate_target
 from .temporal import TRACK_WIDTH, OffsetEstimate, TemporalConfig, estimate_offset
@@ -24,6 +24,7 @@ from .temporal import TRACK_WIDTH, OffsetEstimate, TemporalConfig, estimate_offs
 class FootageCalibrationConfig:
     pairs: int = 8  # frame pairs for the geometry
     time_offset_s: float | None = None  # a known offset: skip the temporal calibration
+    refine_offset: bool = True  # refine the motion-based offset by the agreement of the pairs' geometry
     geometry: FootageConfig = field(default_factory=FootageConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
@@ -44,12 +45,14 @@ def _image_speed(clip: Clip) -> np.ndarray:
     return np.hypot(step[:, 0], step[:, 1]) + np.abs(step[:, 2]) * TRACK_WIDTH * 0.64
 
 
-def pick_pairs(visible: Clip, thermal: Clip, offset_s: float, count: int) -> list[tuple[int, int]]:
+def pick_pairs(
+    visible: Clip, thermal: Clip, offset_s: float, count: int, slowest: bool = True
+) -> list[tuple[int, int]]:
     """Up to `count` (visible, thermal) positions showing the same instant under `offset_s`. A thermal
     frame pairs with the visible frame nearest to the instant it shows, within half a visible frame
     period. The pairs are spread over the overlap of the clips (one per equal share of it), and within
-    each share the one where the image moves least is taken: there an error in the time offset costs
-    the least geometric error."""
+    each share the one where the image moves least is taken (`slowest`): there an error in the time
+    offset costs the least geometric error. Otherwise the middle one."""
     period = 1.0 / visible.fps if visible.fps > 0 else math.inf
     shown = thermal.times + offset_s
     nearest = _nearest(visible.times, shown)
@@ -61,7 +64,7 @@ def pick_pairs(visible: Clip, thermal: Clip, offset_s: float, count: int) -> lis
         )
     speed = _image_speed(thermal)
     shares = np.array_split(candidates, min(count, len(candidates)))
-    chosen = [int(share[np.argmin(speed[share])]) for share in shares]
+    chosen = [int(share[np.argmin(speed[share])] if slowest else share[len(share) // 2]) for share in shares]
     return [(int(nearest[j]), j) for j in chosen]
 
 
@@ -96,25 +99,69 @@ def _offset_quality(offset: OffsetEstimate, visible: Clip, thermal: Clip, source
     }
 
 
-def _footage_pairs(
-    visible: Clip, thermal: Clip, offset_s: float, count: int
+def _load_pairs(
+    visible: Clip, thermal: Clip, pairs: list[tuple[int, int]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Float (visible, thermal) frame pairs for the geometry under `offset_s`, the visible frame
-    motion-compensated to the instant the thermal frame shows."""
-    pairs = pick_pairs(visible, thermal, offset_s, count)
-    loaded = visible.load([v for v, _ in pairs])
-    shown = [float(thermal.times[t] + offset_s) for _, t in pairs]
-    compensated = [motion_compensated(image, visible, v, s) for image, (v, _), s in zip(loaded, pairs, shown)]
-    return [(to_float(v), to_gray(t)) for v, t in zip(compensated, thermal.load([t for _, t in pairs]))]
+    return list(zip(visible.load([v for v, _ in pairs]), thermal.load([t for _, t in pairs])))
+
+
+def _float_pairs(
+    visible: Clip, thermal: Clip, pairs, frames, offset_s: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Float (visible, thermal) pairs, each visible frame motion-compensated to the instant its thermal
+    frame shows under `offset_s`."""
+    return [
+        (
+            to_float(motion_compensated(v_image, visible, v, float(thermal.times[t] + offset_s))),
+            to_gray(t_image),
+        )
+        for (v, t), (v_image, t_image) in zip(pairs, frames)
+    ]
+
+
+def refine_offset(
+    visible: Clip, thermal: Clip, offset: OffsetEstimate, matrix: np.ndarray, config: FootageCalibrationConfig
+) -> float:
+    """The time offset refined by the geometry: pairs at different image speeds agree on one homography
+    only when they are paired at the right offset (a wrong one displaces each along its own motion).
+    The pair spread is evaluated on a grid of offsets within the motion estimate's uncertainty and its
+    minimum located by a parabola."""
+    pairs = pick_pairs(visible, thermal, offset.time_offset_s, config.pairs, slowest=False)
+    frames = _load_pairs(visible, thermal, pairs)
+    step = max(offset.uncertainty_s, 0.1 / visible.fps)
+    grid = offset.time_offset_s + step * np.arange(-2, 3)
+    spreads = np.array(
+        [
+            pair_spread(_float_pairs(visible, thermal, pairs, frames, tau), matrix, config.geometry.model)
+            for tau in grid
+        ]
+    )
+    i = int(np.argmin(spreads))
+    if not 0 < i < len(grid) - 1 or not np.all(np.isfinite(spreads[i - 1 : i + 2])):
+        return offset.time_offset_s
+    a, b, c = spreads[i - 1 : i + 2]
+    curvature = a - 2 * b + c
+    return float(grid[i] + (0.5 * (a - c) / curvature * step if curvature > 0 else 0.0))
 
 
 def calibrate_footage(visible: Clip, thermal: Clip, config: FootageCalibrationConfig | None = None) -> Rig:
     """The rig (homography, time offset, quality figures) from two clips of the same flight."""
     config = config or FootageCalibrationConfig()
     offset = _offset(visible, thermal, config.time_offset_s, config.temporal)
+    pairs = pick_pairs(visible, thermal, offset.time_offset_s, config.pairs)
+    frames = _load_pairs(visible, thermal, pairs)
     geometry = estimate_geometry(
-        _footage_pairs(visible, thermal, offset.time_offset_s, config.pairs), config.geometry
+        _float_pairs(visible, thermal, pairs, frames, offset.time_offset_s), config.geometry
     )
+    source = "given" if config.time_offset_s is not None else "motion"
+    motion_offset = offset.time_offset_s
+    if config.time_offset_s is None and config.refine_offset:
+        refined = refine_offset(visible, thermal, offset, geometry.visible_to_thermal, config)
+        source = "motion, refined by the pairs' geometry"
+        offset = OffsetEstimate(refined, offset.uncertainty_s, offset.correlation, offset.intervals)
+        pairs = pick_pairs(visible, thermal, refined, config.pairs)
+        frames = _load_pairs(visible, thermal, pairs)
+        geometry = estimate_geometry(_float_pairs(visible, thermal, pairs, frames, refined), config.geometry)
     quality = {
         "corner_error_px": _finite(geometry.corner_error_px),
         "confidence": round(geometry.confidence, 3),
@@ -122,9 +169,8 @@ def calibrate_footage(visible: Clip, thermal: Clip, config: FootageCalibrationCo
         "edge_ncc_after": round(geometry.score_after, 4),
         "pairs": geometry.pairs_used,
         "model": config.geometry.model,
-        **_offset_quality(
-            offset, visible, thermal, "given" if config.time_offset_s is not None else "motion"
-        ),
+        **_offset_quality(offset, visible, thermal, source),
+        "time_offset_from_motion_s": round(motion_offset, 5),
         **{k: _finite(float(v)) for k, v in geometry.details.items()},
     }
     return Rig(

@@ -202,7 +202,11 @@ def _correlations(shifts, slow_times, slow_steps, fast_times, fast_track, keep=N
     scores = np.array(scores)
     valid = np.isfinite(scores)
     mean = np.where(valid, scores, 0.0).sum(axis=0) / np.maximum(valid.sum(axis=0), 1)
-    return np.where(valid.any(axis=0), mean, -1.0), count
+    mean = np.where(valid.any(axis=0), mean, -1.0)
+    # Smooth over a frame period (the grid holds 10 points per fast-stream frame): the motion varies
+    # slowly, so the true peak is broad, while at shifts that put the two streams' frames on the same
+    # instants the sampling makes narrow spurious spikes.
+    return np.convolve(np.pad(mean, 5, mode="edge"), np.ones(11) / 11, mode="valid"), count
 
 
 def _peak(offsets: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

@@ -12,7 +12,7 @@ from calibration.clips import clip_from_render
 from calibration.features import to_float, to_gray
 from calibration.footage import FootageConfig, corner_error, estimate_geometry
 from calibration.rig import Rig
-from calibration.solve import pick_pairs
+from calibration.solve import calibrate_footage, pick_pairs
 from calibration.synthetic_clips import synthetic_clips
 from calibration.target import TargetConfig, estimate_target
 from calibration.temporal import estimate_offset
@@ -64,6 +64,19 @@ def test_time_offset_within_a_frame(seed, thermal_fps, offset_s):
     estimate = estimate_offset(visible.times, visible.track, thermal.times, thermal.track)
     assert abs(estimate.time_offset_s - offset_s) <= 1 / 30
     assert 0 < estimate.uncertainty_s < 0.1
+
+
+def test_footage_calibration_end_to_end():
+    """Offset from motion, pairs picked and motion-compensated by it, geometry, offset refined by the
+    geometry: a small flight (thermal 320×256, so 0.5 px here is 1 px at 640×512)."""
+    config = FlightConfig(seed=3, visible_size=(640, 360), thermal_size=(320, 256), fov_ratio=2.0,
+                          rotation_deg=-3.0, offset_px=(-10.0, 5.0), speed_px_s=150.0)
+    visible, thermal, flight = synthetic_clips(config, 4.0, thermal_fps=15.0, time_offset_s=0.1)
+    rig = calibrate_footage(visible, thermal)
+    assert corner_error(rig.visible_to_thermal, flight.visible_to_thermal, (320, 256)) <= 0.5
+    assert abs(rig.time_offset_s - 0.1) <= 1 / 30
+    assert rig.method == "footage" and rig.visible_size == (640, 360) and rig.thermal_size == (320, 256)
+    assert rig.quality["time_offset_uncertainty_s"] > 0 and rig.quality["confidence"] > 0
 
 
 def test_time_offset_refuses_single_frames_and_unrelated_motion():
