@@ -49,7 +49,6 @@ class GeometryEstimate:
     score_after: float  # edge NCC after calibration
     pairs_used: int
     details: dict = field(default_factory=dict)
-    per_pair: list = field(default_factory=list)  # each pair's own refined matrix (None where ECC failed)
 
 
 def thermal_corners(thermal_size: tuple[int, int]) -> np.ndarray:
@@ -223,8 +222,9 @@ def _combine(matrices: list[np.ndarray], size: tuple[int, int]) -> tuple[np.ndar
     estimated error at the corners: the spread of the agreeing pairs over √n."""
     corners = thermal_corners(size)
     in_visible = np.stack([corners_in_visible(m, size) for m in matrices])
-    result = cv2.getPerspectiveTransform(np.median(in_visible, axis=0).astype(np.float32),
-                                         corners.astype(np.float32))
+    result = cv2.getPerspectiveTransform(
+        np.median(in_visible, axis=0).astype(np.float32), corners.astype(np.float32)
+    )
     errors = np.array([corner_error(m, result, size) for m in matrices])
     agreeing = errors[errors <= max(2.0, 3 * np.median(errors))]
     if len(agreeing) < 2:
@@ -253,16 +253,19 @@ def edge_score(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray) -> 
     return ncc(edge_strength(warped), edge_strength(thermal), mask)
 
 
-def estimate_geometry(pairs: list[tuple[np.ndarray, np.ndarray]], config: FootageConfig | None = None
-                      ) -> GeometryEstimate:
+def estimate_geometry(
+    pairs: list[tuple[np.ndarray, np.ndarray]], config: FootageConfig | None = None
+) -> GeometryEstimate:
     """The visible→thermal transform from (visible, thermal) float pairs taken at the same instant.
     Raises SkyfuseError when the footage does not constrain it."""
     config = config or FootageConfig()
     if config.model not in MODELS:
         raise SkyfuseError(f"unknown geometric model {config.model!r}; choose one of {', '.join(MODELS)}")
     if len(pairs) < config.min_pairs:
-        raise SkyfuseError(f"calibration from footage needs at least {config.min_pairs} frame pairs spread "
-                           f"over the flight, got {len(pairs)}")
+        raise SkyfuseError(
+            f"calibration from footage needs at least {config.min_pairs} frame pairs spread "
+            f"over the flight, got {len(pairs)}"
+        )
     _check_contrast(pairs)
     (vh, vw), (th, tw) = pairs[0][0].shape[:2], pairs[0][1].shape
     step = max(1, len(pairs) // config.coarse_pairs)
@@ -274,8 +277,9 @@ def estimate_geometry(pairs: list[tuple[np.ndarray, np.ndarray]], config: Footag
     fine_h = round(th * config.fine_width / tw)
     start = _resize_matrix(tw / config.fine_width, th / fine_h) @ best.matrix
     details = {"fov_ratio": best.ratio, "rotation_deg": best.angle, "search_contrast": contrast}
-    per_pair = _refine(pairs, _to_model(start, config.model, (tw, th)), config.model)
-    refined = [m for m in per_pair if m is not None]
+    refined = [
+        m for m in _refine(pairs, _to_model(start, config.model, (tw, th)), config.model) if m is not None
+    ]
     if not refined:
         raise SkyfuseError(
             "the footage does not constrain the geometry: the fine alignment diverged on "
@@ -297,7 +301,7 @@ def estimate_geometry(pairs: list[tuple[np.ndarray, np.ndarray]], config: Footag
     agree = 1.0 / (1.0 + (spread if math.isfinite(spread) else 2.0))
     confidence = min(1.0, (contrast - 1.0) * 10) * min(1.0, after / 0.5) * agree
     details["pairs_refined"] = len(refined)
-    return GeometryEstimate(matrix, spread, confidence, before, after, len(pairs), details, per_pair)
+    return GeometryEstimate(matrix, spread, confidence, before, after, len(pairs), details)
 
 
 def _check_contrast(pairs) -> None:

@@ -1,6 +1,9 @@
-"""Calibration from footage end to end: time offset first, then the geometry from frame pairs that the
-offset pairs up, spread over the whole flight (different ground in every pair makes a false match
-unlikely to repeat, and the true one adds up)."""
+"""Calibration end to end. From footage: the time offset from the motion first; then the geometry from
+frame pairs that the offset pairs up, spread over the whole flight (different ground in every pair
+makes a false match unlikely to repeat, and the true one adds up), each visible frame motion-compensated
+to the instant its thermal frame shows; then the offset refined by how well pairs at different image
+speeds agree on one homography, and the geometry again at the refined offset. From a target: the board
+points of the pairs the offset (if any can be found) pairs up."""
 
 from __future__ import annotations
 

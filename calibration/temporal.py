@@ -1,12 +1,16 @@
 """Temporal calibration: the offset between the two streams' clocks, from the camera motion seen by both.
 
 Both cameras sit on one drone, so the image content moves in step. Each stream's global image motion
-between consecutive frames (phase correlation) is integrated into a trajectory (pixels against time).
-For every candidate offset, the slower stream's displacement over each of its frame intervals is
-compared with the faster stream's trajectory interpolated at the same (shifted) instants, which gives
-sub-frame resolution and works for any pair of frame rates. The offset maximises the normalised
-correlation of those displacements (with their mean removed: a constant drift carries no timing
-information); its uncertainty is the jackknife spread over blocks of intervals.
+between consecutive frames (shift of the image centre and rotation: phase correlation, refined by ECC)
+is integrated into a trajectory against time. The shifts of the two cameras differ by the scale
+between their views; their rotations are the same angle. For every candidate offset, the slower
+stream's displacement over each of its frame intervals is compared with the faster stream's trajectory
+interpolated at the same (shifted) instants, which gives sub-frame resolution and works for any pair
+of frame rates. The offset maximises the normalised
+correlation of those displacements (shift and rotation correlated separately and averaged; means
+removed: a constant drift carries no timing information); its uncertainty is the jackknife spread over
+blocks of intervals. A drone flying straight at constant speed gives no timing information at all;
+such footage is refused (too large an uncertainty) rather than guessed.
 
 Convention (as in Rig.time_offset_s): a thermal frame stamped t shows the scene at visible time t + offset.
 """
