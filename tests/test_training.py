@@ -217,10 +217,14 @@ def test_train_command_writes_logs_checkpoints_and_resumes(tmp_path, capsys):
     network = build_network("skyfuse-rt", weights=out / "skyfuse-rt.pt")
     assert network.config.width == 8
 
-    assert train_main(args[:5] + ["3"] + args[6:] + ["--resume", str(out / "checkpoint.pt")]) == 0
+    resume = ["--resume", str(out / "checkpoint.pt"), "--lr", "0.0002"]
+    assert train_main(args[:5] + ["3"] + args[6:] + resume) == 0
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]
     assert int(rows[-1]["step"]) > int(rows[-2]["step"])
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["recipe"]["optimizers"]["network"]["param_groups"][0]["lr"] == 0.0002
+    assert len((out / "command.txt").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default="out/train", help="output folder")
-    p.add_argument("--resume", help="checkpoint.pt to continue from")
+    p.add_argument("--resume", help="checkpoint.pt to continue from (with --lr as the new learning rate)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--config", nargs="*", default=[], metavar="KEY=VALUE", help="network config overrides, e.g. width=16"
@@ -132,7 +132,8 @@ def main(argv: list[str]) -> int:
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "command.txt").write_text("skyfuse train " + shlex.join(argv) + "\n")
+    with open(out / "command.txt", "a") as f:  # a resumed run adds its command below the first
+        f.write("skyfuse train " + shlex.join(argv) + "\n")
 
     train_paths, test_paths = split(find_pairs(args.data))
     print(f"data: {len(train_paths)} training pairs, {len(test_paths)} test pairs ({args.data})")
@@ -154,6 +155,9 @@ def main(argv: list[str]) -> int:
         state = torch.load(args.resume, map_location=device, weights_only=False)
         recipe.load_state_dict(state["recipe"])
         epoch, step, history = state["epoch"], state["step"], state["history"]
+        for optimizer in recipe.optimizers.values():  # --lr applies from the resume on (e.g. a final decay)
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr
         print(f"resumed from {args.resume} at epoch {epoch}, step {step}")
 
     multiple = spec(args.model).size_multiple
