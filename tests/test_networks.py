@@ -175,3 +175,15 @@ def test_skyfuse_rt_exports_to_onnx_with_dynamic_size(tmp_path):
             expected = net(v, t)
         for got, want in zip(outputs, expected):
             np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_correlation_finds_a_known_shift_with_the_flow_sign():
+    from engines.networks.skyfuse_rt import Correlation, normalise
+
+    corr = Correlation(channels=8, radius=3)
+    a = normalise(torch.randn(1, 8, 20, 24))
+    b = torch.roll(a, shifts=(1, 2), dims=(2, 3))  # b(p + (2, 1)) = a(p): the flow is (dx, dy) = (2, 1)
+    with torch.no_grad():
+        cost = corr(a, b)[..., 4:-4, 4:-4].mean(dim=(2, 3), keepdim=True)
+        shift = torch.nn.functional.conv2d(torch.softmax(cost * 50, dim=1), corr.displacement)
+    torch.testing.assert_close(shift.flatten(), torch.tensor([2.0, 1.0]), atol=1e-3, rtol=0)

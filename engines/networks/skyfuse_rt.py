@@ -31,7 +31,6 @@ from torch import nn
 from .warp import flow_to_grid, grid_inside, warp
 
 SIZE_MULTIPLE = 16
-DYNAMIC_SIZE = True
 
 
 @dataclass
@@ -91,17 +90,17 @@ class Correlation(nn.Module):
     a parameter): one Conv + Mul + ReduceSum in ONNX instead of hundreds of small Slice nodes, whose
     per-node overhead dominated on the CPU."""
 
-    def __init__(self, channels: int, radius: int, temperature: float = 5.0):
+    def __init__(self, channels: int, radius: int):
         super().__init__()
         size = 2 * radius + 1
         self.channels, self.radius, self.taps = channels, radius, size * size
         kernels = torch.eye(self.taps).view(self.taps, 1, size, size).repeat(channels, 1, 1, 1)
         self.register_buffer("kernels", kernels, persistent=False)
-        # The (dx, dy) of every tap, as a fixed 1×1 convolution: the expectation of a softmax over taps.
+        # The (dx, dy) of every tap, as a fixed 1×1 convolution: applied to a softmax over the taps it gives
+        # the expected displacement (soft-argmax).
         offsets = torch.arange(size, dtype=torch.float32) - radius
         displacement = torch.stack((offsets.repeat(size), offsets.repeat_interleave(size)))
         self.register_buffer("displacement", displacement.view(2, self.taps, 1, 1), persistent=False)
-        self.temperature = temperature  # fixed: a learnable one can collapse to 0 and silence the features
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
         """Costs at every `stride`-th pixel of `a` (displacements stay in whole pixels of the level)."""
@@ -112,13 +111,6 @@ class Correlation(nn.Module):
         bsz, _, h, w = shifted.shape
         shifted = shifted.view(bsz, self.channels, self.taps, h, w)
         return (shifted * a[..., ::stride, ::stride].unsqueeze(2)).sum(dim=1)
-
-    def soft_argmax(self, cost: torch.Tensor) -> torch.Tensor:
-        """Expected displacement (B, 2, h, w) under softmax(temperature × cost), the cost first averaged over
-        3×3 neighbours (a smooth field has nearly the same displacement there). This gives the decoders
-        a matching-based estimate from the first step, instead of having to learn to read the volume."""
-        cost = F.avg_pool2d(cost, 3, stride=1, padding=1, count_include_pad=False)
-        return F.conv2d(torch.softmax(cost * self.temperature, dim=1), self.displacement)
 
 
 def with_contrast(x: torch.Tensor) -> torch.Tensor:
