@@ -3,6 +3,8 @@
 The fuse stage hands an engine batches of frame pairs that are already pre-warped by the rig
 calibration into one frame (same H×W): the engine corrects what remains (learned engines register the
 thermal frame onto the visible one) and fuses. Colour engines fuse luminance and keep the visible chroma.
+`fuse_unwarped` takes the raw visible frames with their homographies instead and does the pre-warp too:
+on the host by default, on the device in GPU engines (one upload per input frame).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+
+from .device_warp import HostWarp
 
 
 @dataclass
@@ -28,6 +32,21 @@ class Engine(ABC):
     @abstractmethod
     def fuse(self, visible: np.ndarray, thermal: np.ndarray) -> FusionResult: ...
 
+    def fuse_unwarped(self, visible: np.ndarray, thermal: np.ndarray, visible_to_output: np.ndarray,
+                      extras: bool = True) -> FusionResult:
+        """Pre-warp and fuse: `visible` (B, Hv, Wv, 3) uint8 BGR raw frames, `thermal` (B, H, W) uint8,
+        `visible_to_output` (B, 3, 3) homographies from visible pixels to output pixels (as from
+        Rig.homography_for(visible.shape, (W, H))). The result is at the thermal frame's H×W.
+        `extras=False`: the caller needs the fused frames only (GPU engines then skip downloading the
+        registered thermal frame and the flow).
+
+        This default warps on the host exactly as Rig.warp_visible, then calls `fuse`."""
+        check_unwarped(visible, thermal, visible_to_output)
+        warp = self.__dict__.setdefault("_host_warp", HostWarp())  # maps kept per homography
+        size = (thermal.shape[2], thermal.shape[1])
+        result = self.fuse(np.stack([warp(v, h, size) for v, h in zip(visible, visible_to_output)]), thermal)
+        return result if extras else FusionResult(fused=result.fused)
+
     def describe(self) -> str:
         """One line for logs and the HUD: backend, network, precision."""
         return self.name
@@ -44,3 +63,17 @@ def check_batch(visible: np.ndarray, thermal: np.ndarray) -> None:
         raise ValueError(f"thermal must be (B, H, W) uint8, got {thermal.shape} {thermal.dtype}")
     if visible.shape[:3] != thermal.shape:
         raise ValueError(f"visible {visible.shape[:3]} and thermal {thermal.shape} differ in batch or size")
+
+
+def check_unwarped(visible: np.ndarray, thermal: np.ndarray, visible_to_output: np.ndarray) -> None:
+    """Raise ValueError unless the inputs follow `Engine.fuse_unwarped`."""
+    if visible.ndim != 4 or visible.shape[-1] != 3 or visible.dtype != np.uint8:
+        raise ValueError(f"visible must be (B, Hv, Wv, 3) uint8, got {visible.shape} {visible.dtype}")
+    if thermal.ndim != 3 or thermal.dtype != np.uint8:
+        raise ValueError(f"thermal must be (B, H, W) uint8, got {thermal.shape} {thermal.dtype}")
+    matrices = np.asarray(visible_to_output)
+    if matrices.shape != (visible.shape[0], 3, 3) or thermal.shape[0] != visible.shape[0]:
+        raise ValueError(f"need one 3×3 homography per pair: visible batch {visible.shape[0]}, thermal batch "
+                         f"{thermal.shape[0]}, homographies {matrices.shape}")
+    if not np.all(np.isfinite(matrices)) or np.any(np.abs(np.linalg.det(matrices)) < 1e-12):
+        raise ValueError("homographies must be finite and invertible")

@@ -1,10 +1,12 @@
 """`torch-cuda` engine: the PyTorch network on a CUDA GPU, half precision (autocast) and CUDA graphs.
 
 The whole engine step runs on the device (issue 8, "GPU data path"): one upload of the uint8 BGR visible
-batch and one of the uint8 thermal batch, then luminance/chroma split, padding, network, crop and colour
-recombination on the GPU, and one download of each result. Autocast keeps what it deems precision-critical
-(grid_sample's coordinates, reductions, softmax) in float32. CUDA graphs: one graph per input shape
-(capture on first use, replay after), which removes the per-kernel launch cost of small batches.
+batch and one of the uint8 thermal batch, then (with `fuse_unwarped`, which takes the raw visible frames)
+the calibration pre-warp (engines/device_warp.py), luminance/chroma split, padding, network, crop and colour
+recombination on the GPU, and one download of each result (of the fused frames only with extras=False).
+Autocast keeps what it deems precision-critical (grid_sample's coordinates, reductions, softmax) in float32;
+the pre-warp runs outside autocast, in float32. CUDA graphs: one graph per input shape (capture on first
+use, replay after), which removes the per-kernel launch cost of small batches.
 
 The colour maths follow OpenCV's BGR<->YCrCb (BT.601, delta 128), so results match the CPU engines'
 engines/colour.py within a gray level. Runs on the CPU too (device="cpu", no graphs, no half), which is how
@@ -19,7 +21,8 @@ import numpy as np
 
 from pipeline.errors import SkyfuseError
 
-from .base import Engine, FusionResult, check_batch
+from .base import Engine, FusionResult, check_batch, check_unwarped
+from .device_warp import DeviceWarp
 from .learned import Geometry
 from .models import load_network, network_geometry
 
@@ -67,6 +70,7 @@ class TorchCudaEngine(Engine):
         self.half = half and self.device.type == "cuda"
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.graphs: dict[tuple, _Captured] = {}
+        self.warp = DeviceWarp(self.device)
         self.selection = ""
 
     # --- network on device tensors ------------------------------------------------------------------
@@ -110,26 +114,44 @@ class TorchCudaEngine(Engine):
 
     # --- the engine step, on the device ------------------------------------------------------------
     def fuse(self, visible: np.ndarray, thermal: np.ndarray) -> FusionResult:
+        check_batch(visible, thermal)
+        return self._fuse_on_device(self._upload(visible).float(), self._upload(thermal), extras=True)
+
+    def fuse_unwarped(self, visible: np.ndarray, thermal: np.ndarray, visible_to_output: np.ndarray,
+                      extras: bool = True) -> FusionResult:
+        """Engine.fuse_unwarped with the pre-warp on the device: the raw visible frames are uploaded once."""
+        check_unwarped(visible, thermal, visible_to_output)
+        size = (thermal.shape[2], thermal.shape[1])
+        warped = self.warp(self._upload(visible), visible_to_output, size)  # (B, 3, H, W) float
+        return self._fuse_on_device(warped.permute(0, 2, 3, 1), self._upload(thermal), extras)
+
+    def _upload(self, array: np.ndarray):
+        import torch
+
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)  # page-locked: an asynchronous copy
+
+    def _fuse_on_device(self, visible, thermal8, extras: bool) -> FusionResult:
+        """`visible` (B, H, W, 3) float BGR in 0..255 and `thermal8` (B, H, W) uint8, both on the device."""
         import torch
         import torch.nn.functional as F
 
-        check_batch(visible, thermal)
-        pin = self.device.type == "cuda"
-        upload = (torch.from_numpy(visible), torch.from_numpy(thermal))
-        vis8, ir8 = (t.pin_memory().to(self.device, non_blocking=True) if pin else t for t in upload)
-        y, cr, cb = bgr_to_ycrcb(vis8.float())
+        y, cr, cb = bgr_to_ycrcb(visible)
         height, width = visible.shape[1:3]
         ph, pw = self.geometry.padded(height, width)
         pad = (0, pw - width, 0, ph - height)
         vis = F.pad(y.unsqueeze(1) / 255.0, pad, mode="replicate") if any(pad) else y.unsqueeze(1) / 255.0
-        ir = ir8.float().unsqueeze(1) / 255.0
+        ir = thermal8.float().unsqueeze(1) / 255.0
         ir = F.pad(ir, pad, mode="replicate") if any(pad) else ir
         fused, registered, flow = (o[:, :, :height, :width] for o in self.run_device(vis.contiguous(), ir))
-        fused_bgr = ycrcb_to_bgr(fused[:, 0] * 255.0, cr, cb)
+        fused_bgr = ycrcb_to_bgr(fused[:, 0] * 255.0, cr, cb).cpu().numpy()
+        if not extras:
+            return FusionResult(fused=fused_bgr)
         registered8 = (registered[:, 0] * 255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
         flow = flow.permute(0, 2, 3, 1).contiguous()
-        return FusionResult(fused=fused_bgr.cpu().numpy(), registered=registered8.cpu().numpy(),
-                            flow=flow.cpu().numpy())
+        return FusionResult(fused=fused_bgr, registered=registered8.cpu().numpy(), flow=flow.cpu().numpy())
 
     def describe(self) -> str:
         text = (f"torch-cuda ({self.device}, {'fp16 autocast' if self.half else 'fp32'}, "
