@@ -5,6 +5,12 @@ Two timings per configuration:
   for torch-cuda on device tensors, synchronised);
 - engine: host frames in -> fused frames out (engine.fuse on uint8 BGR + thermal: colour split, padding,
   copies, network, colour merge), per frame.
+And the data path of the fuse stage, from a raw visible frame (`--visible-size`, default 1280x720) and a
+thermal frame of the benchmarked size to the fused frame (networks other than the reference):
+- host pre-warp: Rig.warp_visible per frame on the CPU, then engine.fuse (every result downloaded);
+- fuse_unwarped: engine.fuse_unwarped(raw visible, thermal, homographies, extras=False): on torch-cuda the
+  pre-warp runs on the device, so one upload per input frame and one download per fused frame; other
+  backends pre-warp on the host as above (their figure shows the cost of the interface, nothing more).
 Also GMAC per frame (torch.utils.flop_counter on the meta device) and, on GPUs, the fraction of the
 device's peak fp16 tensor FLOP rate and memory bandwidth (activation traffic estimated as every layer
 output written once and read once, plus the weights). UMF-CMGR's MRRN + DIFN (the paper's registration and
@@ -14,6 +20,8 @@ the reference for the speed ratio. Weights are untrained: timings do not depend 
     .venv/bin/python benchmarks/engines.py --json out/bench/engines.json
     .venv/bin/python benchmarks/engines.py --backends torch-cuda --sizes 320x256,640x512,1280x1024 \\
         --batches 1,4,16 --json out/bench/engines-gpu.json
+    .venv/bin/python benchmarks/engines.py --backends torch-cuda --device cpu --sizes 320x256 --batches 1 \\
+        --no-reference   # the torch-cuda data path on the CPU: checks the benchmark, not the GPU
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from calibration.rig import Rig  # noqa: E402
 from engines.learned import LearnedEngine  # noqa: E402
 from engines.models import load_network, network_geometry  # noqa: E402
 from engines.tensorrt_cache import parse_size  # noqa: E402
@@ -91,7 +100,8 @@ def cost_per_frame(network, height: int, width: int) -> tuple[float, float]:
     return flops / 2e9, sum(traffic) / 1e6
 
 
-def make_engine(backend: str, name: str, network, sizes, batches, threads: int, precision: str):
+def make_engine(backend: str, name: str, network, sizes, batches, threads: int, precision: str,
+                device: str = "cuda"):
     """(engine, run(visible, thermal) for the network alone, synchronise())."""
     geometry = network_geometry(network)
     if backend == "onnxruntime":
@@ -114,12 +124,12 @@ def make_engine(backend: str, name: str, network, sizes, batches, threads: int, 
 
         from engines.torch_cuda import TorchCudaEngine
 
-        engine = TorchCudaEngine(network, geometry, model=name)
+        engine = TorchCudaEngine(network, geometry, model=name, device=device)
 
         def run(visible, thermal):
-            return engine.run_device(torch.from_numpy(visible).cuda(), torch.from_numpy(thermal).cuda())
+            return engine.run_device(*(torch.from_numpy(t).to(device) for t in (visible, thermal)))
 
-        return engine, run, torch.cuda.synchronize
+        return engine, run, torch.cuda.synchronize if device == "cuda" else lambda: None
     if backend == "tensorrt":
         from engines.tensorrt_runtime import create_tensorrt_engine
 
@@ -149,6 +159,29 @@ def frames(rng, batch: int, height: int, width: int):
     return visible, rng.integers(0, 256, (batch, height, width), dtype=np.uint8)
 
 
+def bench_rig(visible_size: tuple[int, int], size: tuple[int, int]) -> Rig:
+    """A rig with a typical residual between the cameras: 2 degrees of roll, a shift, some perspective."""
+    angle = np.deg2rad(2.0)
+    roll = np.array([[np.cos(angle), -np.sin(angle), 8.0], [np.sin(angle), np.cos(angle), -5.0],
+                     [2e-6, 1e-6, 1.0]])
+    return Rig(visible_size, size, roll @ Rig.identity(visible_size, size).visible_to_thermal, method="bench")
+
+
+def data_path_times(engine, rig: Rig, raw, thermal, args) -> tuple[list[float], list[float]]:
+    """Seconds per call, raw visible + thermal in -> fused out: (host pre-warp + fuse, fuse_unwarped)."""
+    size = (thermal.shape[2], thermal.shape[1])
+    homographies = np.stack([rig.homography_for(frame.shape, size) for frame in raw])
+
+    def host_prewarp():
+        return engine.fuse(np.stack([rig.warp_visible(frame, size) for frame in raw]), thermal)
+
+    def unwarped():
+        return engine.fuse_unwarped(raw, thermal, homographies, extras=False)
+
+    return tuple(time_calls(call, lambda: None, 1, args.repeats, args.seconds)
+                 for call in (host_prewarp, unwarped))
+
+
 def gpu_peaks() -> tuple[str, tuple[float, float] | None]:
     try:
         import torch
@@ -175,11 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="graph precision for onnxruntime and tensorrt (default fp32)")
     parser.add_argument("--no-reference", action="store_true", help=f"skip the {REFERENCE} reference")
+    parser.add_argument("--visible-size", default="1280x720",
+                        help="raw visible WxH for the data-path timings (default 1280x720)")
+    parser.add_argument("--device", default="cuda", help="torch device of the torch-cuda backend (default "
+                        "cuda; cpu runs its data path on the CPU)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
+    visible_h, visible_w = parse_size(args.visible_size)
     batches = [int(b) for b in args.batches.split(",")]
     networks = args.networks.split(",") + ([] if args.no_reference else [REFERENCE])
     device_name, peaks = gpu_peaks()
@@ -190,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             network = build_network(name)
             try:
                 engine, run, synchronise = make_engine(backend, name, network, sizes, batches, args.threads,
-                                                       args.precision)
+                                                       args.precision, args.device)
             except Exception as exc:  # a backend missing here: say so, go on with the others
                 print(f"{backend} {name}: not available ({exc})", file=sys.stderr)
                 continue
@@ -213,13 +251,27 @@ def main(argv: list[str] | None = None) -> int:
                            "engine_ms_per_frame": 1e3 * np.percentile(eng_times, 50) / batch,
                            "engine_frames_per_s": batch / np.percentile(eng_times, 50),
                            "gmac_per_frame": gmac, "repeats": len(net_times)}
+                    if name != REFERENCE:
+                        raw = rng.integers(0, 256, (batch, visible_h, visible_w, 3), dtype=np.uint8)
+                        rig = bench_rig((visible_w, visible_h), (width, height))
+                        host, unwarped = data_path_times(engine, rig, raw, pair[1], args)
+                        row.update({"visible_size": f"{visible_w}x{visible_h}",
+                                    "host_prewarp_ms_per_frame": 1e3 * np.percentile(host, 50) / batch,
+                                    "unwarped_ms_per_frame": 1e3 * np.percentile(unwarped, 50) / batch,
+                                    "unwarped_frames_per_s": batch / np.percentile(unwarped, 50)})
+                    if backend == "torch-cuda":
+                        row["device"] = str(engine.device)
                     if backend in ("torch-cuda", "tensorrt") and peaks:
                         row["peak_flop_fraction"] = 2e9 * gmac * row["frames_per_s"] / peaks[0]
                         row["peak_bandwidth_fraction"] = 1e6 * traffic_mb * row["frames_per_s"] / peaks[1]
                     rows.append(row)
                     print(f"{backend:11s} {name:20s} {width}x{height} b{batch:<3d} network p50 "
                           f"{row['network_p50_ms']:9.2f} ms ({row['network_ms_per_frame']:8.2f} ms/frame), "
-                          f"engine {row['engine_ms_per_frame']:8.2f} ms/frame, {gmac:.2f} GMAC", flush=True)
+                          f"engine {row['engine_ms_per_frame']:8.2f} ms/frame, {gmac:.2f} GMAC"
+                          + (f", raw {row['visible_size']} in: host pre-warp "
+                             f"{row['host_prewarp_ms_per_frame']:.2f} / fuse_unwarped "
+                             f"{row['unwarped_ms_per_frame']:.2f} ms/frame" if "visible_size" in row else ""),
+                          flush=True)
             engine.close()
     for row in rows:  # speed ratio against the reference, same backend and size, batch 1 per frame
         ref = next((r for r in rows if r["network"] == REFERENCE and r["backend"] == row["backend"]
@@ -244,15 +296,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(rows: list[dict]) -> None:
     print("\n| backend | network | size | batch | network p50 / p99 ms | frames/s | ms/frame (network) "
-          "| ms/frame (host in->out) | GMAC/frame | x faster than UMF-CMGR |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| ms/frame (host in->out) | ms/frame raw visible in: host pre-warp + fuse / fuse_unwarped "
+          "| frames/s (fuse_unwarped) | GMAC/frame | x faster than UMF-CMGR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['speedup_vs_reference']:.1f}" if "speedup_vs_reference" in r else ""
         ratio = "" if r["network"] == REFERENCE else ratio
-        print(f"| {r['backend']} {r['precision']} | {r['network']} | {r['width']}x{r['height']} | "
+        path = (f"{r['host_prewarp_ms_per_frame']:.2f} / {r['unwarped_ms_per_frame']:.2f} "
+                f"({r['visible_size']}) | {r['unwarped_frames_per_s']:.1f}") if "visible_size" in r else " | "
+        device = f" ({r['device']})" if "device" in r else ""
+        print(f"| {r['backend']}{device} {r['precision']} | {r['network']} | {r['width']}x{r['height']} | "
               f"{r['batch']} | "
               f"{r['network_p50_ms']:.1f} / {r['network_p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
-              f"{r['network_ms_per_frame']:.1f} | {r['engine_ms_per_frame']:.1f} | "
+              f"{r['network_ms_per_frame']:.1f} | {r['engine_ms_per_frame']:.1f} | {path} | "
               f"{r['gmac_per_frame']:.2f} | {ratio} |")
 
 
