@@ -73,7 +73,7 @@ class DeviceWarp:
     def _make_grid(self, visible_to_output, visible_hw, output_size):
         import torch
 
-        # float64 for the projective division; done once per homography, so its cost does not matter
+        # on the host in float64 (exact projective division), once per homography; then kept on the device
         output_to_visible = torch.from_numpy(np.linalg.inv(np.asarray(visible_to_output, np.float64)))
         width, height = output_size
         ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64),
