@@ -54,6 +54,11 @@ class _Waiting:
     thermal: np.ndarray
     meta: Any
     since: float
+    visible_to_output: np.ndarray | None  # raw visible frame's homography (Engine.fuse_unwarped)
+
+    @property
+    def kind(self) -> tuple:
+        return self.visible.shape, self.thermal.shape, self.visible_to_output is None
 
 
 @dataclass
@@ -71,14 +76,16 @@ class BatchScheduler:
             raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
         self._waiting: list[_Waiting] = []
 
-    def submit(self, stream: Hashable, visible: np.ndarray, thermal: np.ndarray, meta: Any = None
-               ) -> list[BatchOutput]:
+    def submit(self, stream: Hashable, visible: np.ndarray, thermal: np.ndarray, meta: Any = None,
+               visible_to_output: np.ndarray | None = None) -> list[BatchOutput]:
         """Queue one pair ((H, W, 3) uint8 BGR, (H, W) uint8); returns the results of any batch this
-        completes (possibly pairs of other streams), in submission order."""
+        completes (possibly pairs of other streams), in submission order. With `visible_to_output` (3×3)
+        the visible frame is raw (any size): the engine pre-warps it (Engine.fuse_unwarped)."""
         done = []
-        if self._waiting and self._waiting[0].visible.shape != visible.shape:
+        kind = (visible.shape, thermal.shape, visible_to_output is None)  # what can share one engine call
+        if self._waiting and self._waiting[0].kind != kind:
             done = self.flush()
-        self._waiting.append(_Waiting(stream, visible, thermal, meta, self.clock()))
+        self._waiting.append(_Waiting(stream, visible, thermal, meta, self.clock(), visible_to_output))
         self.stats.setdefault(stream, StreamStats()).submitted += 1
         if len(self._waiting) >= self.max_batch:
             done += self.flush()
@@ -102,7 +109,11 @@ class BatchScheduler:
         waiting, self._waiting = self._waiting, []
         started = self.clock()
         visible, thermal = np.stack([w.visible for w in waiting]), np.stack([w.thermal for w in waiting])
-        result = self.engine.fuse(visible, thermal)
+        if waiting[0].visible_to_output is None:
+            result = self.engine.fuse(visible, thermal)
+        else:
+            homographies = np.stack([w.visible_to_output for w in waiting])
+            result = self.engine.fuse_unwarped(visible, thermal, homographies, extras=False)
         outputs = []
         for i, item in enumerate(waiting):
             waited = started - item.since

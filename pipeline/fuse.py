@@ -162,9 +162,10 @@ class FuseStage:
             pairs = pairs[-self.batch:]
         for pair in pairs:
             thermal = self._prepare_thermal(link, pair.thermal.image)
-            visible = self._prewarp(link, pair.visible.image, (thermal.shape[1], thermal.shape[0]))
+            visible = pair.visible.image
+            homography = self._rig(link, visible, thermal).homography_for(visible.shape, thermal.shape[::-1])
             item = (link, pair, visible, thermal)
-            self._engine_call(self.scheduler.submit, link.name, visible, thermal, item)
+            self._engine_call(self.scheduler.submit, link.name, visible, thermal, item, homography)
 
     def _engine_call(self, call, *args) -> None:
         """Run a scheduler call (which may fuse a batch) and send what it fused."""
@@ -224,13 +225,13 @@ class FuseStage:
             gray = cv2.resize(gray, self.output_size, interpolation=cv2.INTER_AREA)
         return gray
 
-    def _prewarp(self, link: Link, visible: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    def _rig(self, link: Link, visible: np.ndarray, thermal: np.ndarray) -> Rig:
         if link.rig is None:
             vh, vw = visible.shape[:2]
-            link.rig = Rig.identity((vw, vh), size)
+            link.rig = Rig.identity((vw, vh), thermal.shape[::-1])
             log(link.stats.stage, "no calibration given: the visible frame is only resized to the thermal "
                                   "view (run `skyfuse calibrate` and pass --calibration for a real pre-warp)")
-        return link.rig.warp_visible(visible, size)
+        return link.rig
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:
