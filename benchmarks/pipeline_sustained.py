@@ -5,7 +5,8 @@ sources replayed at their native rate): achieved fps at the recorder, drops, cap
 percentiles, and CPU use of all stage processes (in cores). With ../shared/data present, one more row
 replays the real WiSARD sequences (visible 1920x1080 JPEG, thermal 640x512) as fast as they are taken.
 
-    python benchmarks/pipeline_sustained.py --json out/bench/pipeline.json [--seconds 10] [--engines blend,pyramid]
+    python benchmarks/pipeline_sustained.py --json out/bench/pipeline.json [--seconds 10]
+                                            [--engines blend,pyramid]
 """
 
 from __future__ import annotations
