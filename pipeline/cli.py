@@ -13,7 +13,8 @@ from .errors import SkyfuseError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.launcher:main", "run the whole pipeline (capture, fuse, sink) as supervised processes"),
     "capture": ("pipeline.capture:main", "run one capture stage: a source sent to a fuse stage"),
-    "fuse": ("pipeline.fuse:main", "run the fuse stage: pair, pre-warp, fuse, send to a sink"),
+    "fuse": ("pipeline.cli:fuse_command", "run the fuse stage (--visible-in/--thermal-in), or fuse one "
+                                          "image pair (--visible/--thermal files, as fuse-pair)"),
     "sink": ("pipeline.sink:main", "run the sink stage: HUD, recording, live view"),
     "calibrate": ("calibration.cli:main", "estimate the rig file (geometry and time offset)"),
     "metrics": ("training.metrics:main", "fusion metrics for one visible/thermal/fused triple"),
@@ -23,6 +24,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("engines.export:main", "export a network to ONNX"),
     "build-engine": ("engines.tensorrt_build:main", "build a TensorRT engine from ONNX"),
 }
+
+
+def fuse_command(argv: list[str]) -> int:
+    """`skyfuse fuse` names two things users expect: the pipeline's fuse stage, which listens on
+    endpoints, and fusing one pair of image files; the flags tell them apart."""
+    flags = {arg.split("=", 1)[0] for arg in argv}
+    if flags & {"--visible", "--thermal"} and not flags & {"--visible-in", "--thermal-in"}:
+        from training.fuse_pair import main as fuse_pair
+        return fuse_pair(argv)
+    from .fuse import main as fuse_stage
+    return fuse_stage(argv)
 
 
 def usage() -> str:

@@ -292,12 +292,12 @@ def main(argv: list[str]) -> int:
         raise SkyfuseError(f"give one --calibration for all {count} camera pairs or one per pair")
     if args.batch < 1 or args.max_wait < 0:
         raise SkyfuseError("--batch must be at least 1 and --max-wait not negative")
-    die_with_parent()
-    stop = stop_on_signals()
     rigs = [Rig.load(path) if path else None for path in calibrations] * (count // len(calibrations))
     lossless = args.mode == "lossless"
-    engine = create_engine(args.engine, **parse_options(args.engine_options, "--engine-options"))
     size = parse_size(args.size) if args.size else None
+    engine = create_engine(args.engine, **parse_options(args.engine_options, "--engine-options"))
+    die_with_parent()
+    stop = stop_on_signals()
     links = []
     try:
         for name, vis, ir, out, rig in zip(names, args.visible_in, args.thermal_in, args.output, rigs):
