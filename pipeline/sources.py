@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from .errors import SkyfuseError
+from .stage import split_options
 from .synthetic import FlightConfig, SyntheticFlight, config_field_types
 
 STREAMS = ("visible", "thermal")
@@ -256,13 +257,9 @@ def parse_synthetic_options(options: str, base: FlightConfig) -> FlightConfig:
     """`key=value,...` overrides of FlightConfig fields; sizes and offsets are written WxH / XxY."""
     types = config_field_types()
     changes = {}
-    for item in filter(None, (part.strip() for part in options.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
+    for key, value in split_options(options, "synthetic options").items():
         if key not in types:
             raise SkyfuseError(f"unknown synthetic option {key!r} (options: {', '.join(types)})")
-        if not sep:
-            raise SkyfuseError(f"synthetic option {key!r} needs a value: {key}=...")
         try:
             if types[key] is tuple:
                 parts = value.lower().split("x")

@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 
+from .errors import SkyfuseError
+
 MODES = ("live", "lossless")
 
 
@@ -43,17 +45,20 @@ def add_mode_argument(parser: argparse.ArgumentParser) -> None:
                              "drop nothing (default: live)")
 
 
-def parse_options(text: str, what: str) -> dict:
-    """KEY=VALUE,KEY=VALUE with numbers, booleans and strings, for engine and source options."""
-    from .errors import SkyfuseError
-
+def split_options(text: str, what: str) -> dict[str, str]:
+    """KEY=VALUE,KEY=VALUE as strings; SkyfuseError naming `what` for an item without a value."""
     options = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise SkyfuseError(f"{what}: expected KEY=VALUE, got {item!r}")
-        options[key.strip()] = _parse_value(value.strip())
+        options[key.strip()] = value.strip()
     return options
+
+
+def parse_options(text: str, what: str) -> dict:
+    """KEY=VALUE,KEY=VALUE with numbers, booleans and strings, for engine options."""
+    return {key: _parse_value(value) for key, value in split_options(text, what).items()}
 
 
 def _parse_value(text: str):
