@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -166,11 +166,13 @@ class Launcher:
             return self.config.calibration
         if self.config.visible.startswith("synthetic") and self.config.thermal.startswith("synthetic"):
             from .sources import parse_synthetic_options
-            from .synthetic import FlightConfig, SyntheticFlight
+            from .synthetic import FlightConfig, true_rig
 
-            config = parse_synthetic_options(self.config.visible.partition(":")[2], FlightConfig())
+            visible, thermal = (parse_synthetic_options(spec.partition(":")[2], FlightConfig())
+                                for spec in (self.config.visible, self.config.thermal))
+            # The thermal spec holds the thermal camera and its clock; the visible spec the visible size.
             path = self.run_dir / "rig.synthetic.json"
-            SyntheticFlight(config).rig().save(path)
+            true_rig(replace(thermal, visible_size=visible.visible_size)).save(path)
             return str(path)
         return None
 

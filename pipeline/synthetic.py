@@ -91,6 +91,12 @@ def _translation(x: float, y: float) -> np.ndarray:
     return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
 
 
+def true_rig(cfg: FlightConfig) -> Rig:
+    """The rig a flight with `cfg` renders with (no need to build the flight's world for it)."""
+    return Rig(tuple(cfg.visible_size), tuple(cfg.thermal_size), visible_to_thermal_homography(cfg),
+               cfg.time_offset_s, "synthetic-truth")
+
+
 def visible_to_thermal_homography(cfg: FlightConfig) -> np.ndarray:
     """Plane-induced homography visible px -> thermal px of the rig in `cfg`.
 
@@ -443,9 +449,7 @@ class SyntheticFlight:
 
     def rig(self) -> Rig:
         """The true rig: the exact mapping and time offset this flight renders with."""
-        cfg = self.config
-        return Rig(tuple(cfg.visible_size), tuple(cfg.thermal_size), self.visible_to_thermal.copy(),
-                   cfg.time_offset_s, "synthetic-truth")
+        return true_rig(self.config)
 
     def movers_at(self, t: float) -> np.ndarray:
         """Map positions (n, 2) of all people then all vehicles at scene time t (for tests and labels)."""
