@@ -58,7 +58,7 @@ class CaptureStage:
         self.stats.drops.update(self.output.drops)
         summary = self.stats.summary()
         eos = EndOfStream(self.source.stream, {"stats": {self.name: summary}})
-        if not self.output.send_eos(eos, timeout_ms=10_000):
+        if not self.output.send_eos(eos, timeout_ms=10_000) and not stop.is_set():
             log(self.name, "no receiver took the end-of-stream message")
         return summary
 
