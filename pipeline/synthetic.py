@@ -54,6 +54,9 @@ class FlightConfig:
     time_offset_s: float = 0.0  # thermal frame stamped t shows the instant t + time_offset_s
     thermal_bits: int = 8  # 8 -> uint8 frames, 16 -> uint16 centikelvin counts (needs AGC)
     speed_px_s: float = 60.0  # drone ground speed, world (= visible) pixels per second
+    # 0 = constant speed; e.g. 0.6 swings the ground speed between 0.4x and 1.6x speed_px_s (a pilot
+    # speeding up and braking), which makes a time offset between the streams measurable
+    speed_variation: float = 0.0
     visible_noise: float = 2.0  # std of visible sensor noise, grey levels
     thermal_noise_k: float = 0.15  # std of temporal thermal noise (NETD), kelvin
     people: int = 40  # walkers scattered along the flight path
@@ -77,6 +80,9 @@ class FlightConfig:
         if min(self.people, self.vehicles) < 0 or min(self.speed_px_s, self.visible_noise,
                                                         self.thermal_noise_k) < 0:
             raise SkyfuseError("synthetic flight: counts, speed and noise levels must not be negative")
+        if not 0.0 <= self.speed_variation <= 0.9:
+            raise SkyfuseError(f"synthetic flight: speed_variation must be 0..0.9, got "
+                               f"{self.speed_variation}")
 
 
 def config_field_types() -> dict[str, type]:
@@ -415,9 +421,15 @@ class SyntheticFlight:
     def thermal_time(self, index: int) -> float:
         return index / self.config.thermal_fps
 
+    def path_time(self, t: float) -> float:
+        """The instant of the constant-speed loop where the drone is at scene time t: its derivative
+        swings between 1 - speed_variation and 1 + speed_variation (two incommensurate sines)."""
+        v = self.config.speed_variation
+        return t + v * (0.6 * math.sin(2.3 * t) / 2.3 + 0.4 * math.sin(5.1 * t + 1.0) / 5.1)
+
     def world_to_visible(self, t: float) -> np.ndarray:
         """3×3 similarity from map px to visible px at scene time t (drone position and yaw)."""
-        a = self._omega * t + self._angle0
+        a = self._omega * self.path_time(t) + self._angle0
         rx, ry, wob = self._loop
         pos = self._centre + np.array([rx * math.cos(a) + wob * math.sin(3 * a),
                                        ry * math.sin(a) + wob * math.cos(2 * a)])

@@ -160,3 +160,30 @@ def test_16_bit_thermal_is_centikelvin_of_an_outdoor_scene():
 def test_bad_configuration_is_a_clear_error(change, message):
     with pytest.raises(SkyfuseError, match=message):
         SyntheticFlight(replace(SMALL, **change))
+
+
+def _ground_motion(flight: SyntheticFlight, index: int) -> float:
+    """Pixels the ground under the visible image centre moves between frames index and index + 1."""
+    centre = np.array([SMALL.visible_size[0] / 2, SMALL.visible_size[1] / 2, 1.0])
+    ground = np.linalg.solve(flight.world_to_visible(flight.visible_time(index)), centre)
+    moved = flight.world_to_visible(flight.visible_time(index + 1)) @ ground
+    return float(np.hypot(*(moved - centre)[:2]))
+
+
+def test_speed_variation_makes_the_drone_speed_up_and_brake(flight):
+    varied = SyntheticFlight(replace(SMALL, speed_variation=0.6))
+    steady = [_ground_motion(flight, i) for i in range(0, 300, 10)]
+    swinging = [_ground_motion(varied, i) for i in range(0, 300, 10)]
+    assert max(steady) / min(steady) < 2  # only the loop's shape changes the speed
+    assert max(swinging) / min(swinging) > 3
+    assert 0.7 < np.mean(swinging) / np.mean(steady) < 1.3  # same average speed
+    again = SyntheticFlight(replace(SMALL, speed_variation=0.6))
+    assert np.array_equal(again.visible_frame(40), varied.visible_frame(40))
+    assert np.array_equal(again.thermal_frame(40), varied.thermal_frame(40))
+    assert not np.array_equal(varied.visible_frame(40), flight.visible_frame(40))
+
+
+@pytest.mark.parametrize("variation", [-0.1, 0.95])
+def test_speed_variation_outside_its_range_is_refused(variation):
+    with pytest.raises(SkyfuseError, match="speed_variation"):
+        SyntheticFlight(replace(SMALL, speed_variation=variation))
