@@ -1,7 +1,8 @@
 """Rig calibration accuracy: synthetic flights with known truth, and the WiSARD sequences.
 
 Synthetic: for each case (seed, field-of-view ratio, roll, mounting offset, time offset, thermal rate),
-`calibrate_footage` runs end to end on a synthetic flight flown at a varying speed (calibration.synthetic_clips);
+`calibrate_footage` runs end to end on a synthetic flight flown at a varying speed
+(calibration.synthetic_clips);
 the table gives the mean corner error of the homography at 640×512 and the time-offset error in visible
 frames, beside the method's own estimates of both.
 

@@ -143,7 +143,9 @@ def test_weights_round_trip_rebuilds_the_saved_architecture(tmp_path):
 
 def test_skyfuse_rt_exports_to_onnx_with_dynamic_size(tmp_path):
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    from engines.export import verify_export
+
     net = tiny("skyfuse-rt")
     x = torch.rand(1, 1, 48, 64)
     path = tmp_path / "rt.onnx"
@@ -167,14 +169,8 @@ def test_skyfuse_rt_exports_to_onnx_with_dynamic_size(tmp_path):
     doubles += [n.name for n in nodes if n.op_type == "Constant" and n.attribute[0].t.data_type == double]
     doubles += [n.name for n in nodes if n.op_type == "Cast" and n.attribute[0].i == double]
     assert not doubles and model.opset_import[0].version == 17
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for h, w in ((48, 64), (80, 96)):
-        v, t = torch.rand(1, 1, h, w), torch.rand(1, 1, h, w)
-        outputs = session.run(None, {"visible": v.numpy(), "thermal": t.numpy()})
-        with torch.no_grad():
-            expected = net(v, t)
-        for got, want in zip(outputs, expected):
-            np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    # Random smooth images at two sizes, the flow relative to its size (engines.export.verify_export).
+    assert verify_export(net, path, [(48, 64), (80, 96)], batch=1) <= 1e-4
 
 
 def test_correlation_finds_a_known_shift_with_the_flow_sign():
@@ -187,3 +183,35 @@ def test_correlation_finds_a_known_shift_with_the_flow_sign():
         cost = corr(a, b)[..., 4:-4, 4:-4].mean(dim=(2, 3), keepdim=True)
         shift = torch.nn.functional.conv2d(torch.softmax(cost * 50, dim=1), corr.displacement)
     torch.testing.assert_close(shift.flatten(), torch.tensor([2.0, 1.0]), atol=1e-3, rtol=0)
+
+
+def test_skyfuse_rt_affine_fit_recovers_an_affine_flow_and_ignores_untrusted_matches():
+    from engines.networks.skyfuse_rt import AffineField
+    from engines.networks.warp import cell_centres
+
+    def affine_flow(like):
+        x, y = cell_centres(like)
+        return torch.cat((0.5 + 0.3 * x - 0.2 * y + 0 * like, -1.0 + 0.1 * x + 0.4 * y + 0 * like), dim=1)
+
+    coarse = torch.zeros(1, 1, 16, 20)
+    truth = affine_flow(coarse)
+    corrupted = truth.clone()
+    corrupted[..., 3:6, 4:9] += 7.0  # wrong matches...
+    weight = torch.ones(1, 1, 16, 20)
+    weight[..., 3:6, 4:9] = 0.0  # ...that the confidence does not trust
+    x, y = cell_centres(coarse)
+    field = AffineField(corrupted, weight, x, y, ridge=0.0)
+    torch.testing.assert_close(field.at(coarse), truth, atol=1e-4, rtol=0)
+    finer = torch.zeros(1, 1, 32, 40)  # one map in normalised coordinates: evaluable at any resolution
+    torch.testing.assert_close(field.at(finer), affine_flow(finer), atol=1e-4, rtol=0)
+    trusting = AffineField(corrupted, torch.ones(1, 1, 16, 20), x, y, ridge=0.0)
+    assert (trusting.at(coarse) - truth).abs().max() > 0.5
+
+
+def test_correlation_soft_argmax_is_the_softmax_expectation():
+    from engines.networks.skyfuse_rt import Correlation
+
+    corr = Correlation(channels=4, radius=2)
+    cost = torch.rand(2, corr.taps, 6, 7) * 2 - 1
+    expected = torch.nn.functional.conv2d(torch.softmax(cost * 20, dim=1), corr.displacement)
+    torch.testing.assert_close(corr.soft_argmax(cost, 20.0), expected, atol=1e-5, rtol=0)

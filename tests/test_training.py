@@ -266,3 +266,34 @@ def test_train_command_reports_a_missing_data_folder(tmp_path):
                 "32",
             ]
         )
+
+
+def test_init_starts_a_grown_network_where_the_old_one_was(tmp_path):
+    from torch import nn
+
+    from training.trainer import initialise_from
+
+    class Old(nn.Module):
+        def __init__(self, inputs: int = 3):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(inputs, 4, 3), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x))
+
+    class New(Old):  # two more input channels and a new layer
+        def __init__(self):
+            super().__init__(inputs=5)
+            self.extra = nn.Conv2d(2, 2, 1)
+
+    old, new = Old(), New()
+    torch.save({"state_dict": old.state_dict()}, tmp_path / "old.pt")
+    summary = initialise_from(new, str(tmp_path / "old.pt"))
+    assert "3 tensors copied" in summary and "1 grown (conv.weight)" in summary
+    assert "2 new (extra.weight, extra.bias)" in summary
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():  # the new input channels start out ignored
+        torch.testing.assert_close(new(torch.cat((x, torch.rand(1, 2, 8, 8)), 1)), old(x))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(SkyfuseError, match="--init: cannot read weights"):
+        initialise_from(new, str(tmp_path / "junk.pt"))

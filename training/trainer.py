@@ -43,6 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default="out/train", help="output folder")
     p.add_argument("--resume", help="checkpoint.pt to continue from (with --lr as the new learning rate)")
+    p.add_argument("--init", help="weights file (.pt) to start from after a change of architecture: "
+                   "tensors that kept their name are copied (see initialise_from)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--config", nargs="*", default=[], metavar="KEY=VALUE", help="network config overrides, e.g. width=16"
@@ -72,6 +74,33 @@ def parse_overrides(items: list[str]) -> dict:
         else:
             out[key] = {"true": True, "false": False}.get(value.lower(), value)
     return out
+
+
+def initialise_from(network: torch.nn.Module, path: str) -> str:
+    """Copy the tensors of the weights file `path` into `network` by name; a tensor that grew (e.g. a
+    convolution given new input channels) gets the old values in its leading part and zeros in the rest,
+    so the new inputs start out ignored and the network starts where the old one was. Returns a summary."""
+    try:
+        old = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as exc:  # a missing, truncated or foreign file: say which
+        raise SkyfuseError(f"--init: cannot read weights {path}: {exc}") from None
+    state = network.state_dict()
+    copied, grown = [], []
+    for name, tensor in state.items():
+        source = old.get(name)
+        if source is None or source.dim() != tensor.dim():
+            continue
+        if source.shape == tensor.shape:
+            tensor.copy_(source)
+            copied.append(name)
+        elif all(a <= b for a, b in zip(source.shape, tensor.shape)):
+            tensor.zero_()
+            tensor[tuple(slice(0, n) for n in source.shape)] = source
+            grown.append(name)
+    network.load_state_dict(state)
+    fresh = [name for name in state if name not in copied and name not in grown]
+    return (f"--init {path}: {len(copied)} tensors copied, {len(grown)} grown ({', '.join(grown) or '-'}), "
+            f"{len(fresh)} new ({', '.join(fresh) or '-'})")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -145,6 +174,8 @@ def main(argv: list[str]) -> int:
 
     network_cls, _ = network_classes(args.model)
     network = network_cls(make_config(args.model, overrides))
+    if args.init and not args.resume:
+        print(initialise_from(network, args.init))
     recipe = recipe_class(args.model)(network, args.lr).to(device)
     n_params = sum(p.numel() for p in network.parameters())
     print(f"model: {args.model} {network.config} ({n_params / 1e6:.3f} M parameters)")

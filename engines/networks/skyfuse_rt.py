@@ -1,19 +1,26 @@
 """skyfuse-rt: the real-time default network. Registers the thermal frame onto the visible one and fuses.
 
-Design (METHODS.md, "What this means for a real-time engine"): all learned work runs at 1/8 resolution;
-full resolution sees only one bilinear resize of the 5 predicted maps, one GridSample and a handful of
-element-wise operations (about 0.6 GMAC per 640×512 frame).
+Design (METHODS.md, "What this means for a real-time engine"): all learned work runs at 1/4-1/8
+resolution; full resolution sees only one bilinear resize of the 5 predicted maps, one GridSample and a
+handful of element-wise operations (about 0.7 GMAC per 640×512 frame).
 
 1. Both luminances are average-pooled to 1/4; one shared (Siamese) CNN, fed the image and its local
-   contrast, gives features at 1/8 plus narrow unit-length matching features.
+   contrast, gives features at 1/4 and 1/8 plus narrow unit-length matching features.
 2. Global shift: a correlation volume (radius `global_radius`) of the learned matching features and of a
    fixed edge descriptor (`StructureDescriptor`) is averaged over the whole image and read by a soft-argmax.
    Local cross-modal matches are ambiguous; the image-wide average has a clear peak.
-3. The 1/4 thermal image is shifted (one channel, cheap) and re-encoded; a local correlation (radius
-   `fine_radius`) and a dilated decoder predict the residual flow (rotation, scale, elastic distortion,
-   parallax) and three fusion maps: gains `a`, `c` in (0, 1) and a low-frequency offset `b`.
-4. Full resolution: the 5 maps are resized once; the thermal frame is warped once (GridSample) and
-   `fused = a * visible + c * registered + b`, with c = 0 where the sample left the thermal view.
+3. Global affine map: the 1/4 thermal image is shifted and re-encoded; the local correlation (radius
+   `fine_radius`) of the same two kinds of features is averaged over overlapping 32-pixel regions and read
+   by a soft-argmax per region, and a learned confidence per region (from the shape of its costs) weights
+   a least-squares affine fit to these matches (closed form, no iterations). Rig misalignment is mostly
+   affine (rotation, zoom, shift), and a region has a clear peak where single pixels do not.
+4. Residual: the 1/4 thermal image is warped by the affine map and re-encoded; local correlations at 1/8
+   (radius `fine_radius`) and at 1/4 (radius 1, folded into 1/8 channels: the sub-pixel evidence) feed a
+   dilated decoder that predicts the residual flow (elastic distortion, parallax) and three fusion maps:
+   gains `a`, `c` in (0, 1) and a low-frequency offset `b`.
+5. Full resolution: the 5 maps are resized once; the thermal frame is warped once (GridSample, zeros
+   outside the thermal view, so those pixels get no thermal term) and `fused = a * visible + c *
+   registered + b`.
 
 I/O: `forward(visible, thermal)` with (B, 1, H, W) float32 in [0, 1] returns `(fused, registered, flow)`,
 flow in pixels with `registered(p) = thermal(p + flow(p))` (see `warp.py`).
@@ -28,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .warp import flow_to_grid, grid_inside, warp
+from .warp import cell_centres, flow_to_grid, warp
 
 SIZE_MULTIPLE = 16
+REGION = 4  # side of the regions of the affine fit, 1/8 pixels (32 pixels)
 
 
 @dataclass
@@ -40,7 +48,9 @@ class SkyfuseRTConfig:
     global_radius: int = 3  # search radius of the global shift at 1/8 (±24 px at full resolution)
     fine_radius: int = 2  # local search radius at 1/8 after the global shift (±16 px)
     match_channels: int = 12  # channels of the learned matching features (correlation cost ∝ this)
+    fine_match_channels: int = 8  # channels of the 1/4 matching features (sub-pixel evidence)
     global_temperature: float = 50.0  # softmax sharpness over the image-averaged cosine costs
+    affine_ridge: float = 1e-3  # keeps the affine fit well posed when the confident matches are few
 
 
 def conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -50,17 +60,18 @@ def conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequenti
 
 
 class Encoder(nn.Module):
-    """1/4-resolution luminance (and its local contrast) -> features at 1/8 and a narrow unit-length
-    projection of them used only for matching."""
+    """1/4-resolution luminance (and its local contrast) -> features at 1/4 and 1/8, and a narrow
+    unit-length projection of the 1/8 features used only for matching."""
 
     def __init__(self, width: int, match_channels: int):
         super().__init__()
         self.features = nn.Sequential(conv(2, 16), conv(16, width, stride=2), conv(width, width))
         self.match = nn.Conv2d(width, match_channels, 1)
 
-    def forward(self, x4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f8 = self.features(with_contrast(x4))
-        return f8, normalise(self.match(f8))
+    def forward(self, x4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f4 = self.features[0](with_contrast(x4))
+        f8 = self.features[1:](f4)
+        return f4, f8, normalise(self.match(f8))
 
 
 class StructureDescriptor(nn.Module):
@@ -101,6 +112,10 @@ class Correlation(nn.Module):
         offsets = torch.arange(size, dtype=torch.float32) - radius
         displacement = torch.stack((offsets.repeat(size), offsets.repeat_interleave(size)))
         self.register_buffer("displacement", displacement.view(2, self.taps, 1, 1), persistent=False)
+        # The same with a third row of ones (the softmax's denominator): one 1×1 convolution gives both
+        # sums of a per-pixel soft-argmax, cheaper on the CPU than a Softmax over the channel axis.
+        moments = torch.cat((displacement, torch.ones(1, self.taps))).view(3, self.taps, 1, 1)
+        self.register_buffer("moments", moments, persistent=False)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
         """Costs at every `stride`-th pixel of `a` (displacements stay in whole pixels of the level)."""
@@ -111,6 +126,14 @@ class Correlation(nn.Module):
         bsz, _, h, w = shifted.shape
         shifted = shifted.view(bsz, self.channels, self.taps, h, w)
         return (shifted * a[..., ::stride, ::stride].unsqueeze(2)).sum(dim=1)
+
+    def soft_argmax(self, cost: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Expected displacement (B, 2, H, W) under a per-pixel softmax of `temperature` * costs (B, taps,
+        H, W). The largest cost is subtracted first: the best tap weighs exp(0) = 1, so nothing overflows
+        or vanishes, in float16 too."""
+        best = cost.max(dim=1, keepdim=True).values
+        sums = F.conv2d(torch.exp((cost - best) * temperature), self.moments)
+        return sums[:, :2] / sums[:, 2:]
 
 
 def with_contrast(x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +152,33 @@ def normalise(f: torch.Tensor) -> torch.Tensor:
     return f / (f.pow(2).sum(dim=1, keepdim=True) + 1e-6).sqrt()
 
 
+class AffineField:
+    """An affine flow `flow(x, y) = mean + gx * (x - cx) + gy * (y - cy)` (each (B, 2, 1, 1) or (B, 1, 1,
+    1)), fitted by weighted least squares to flow samples at normalised positions `x`, `y` (broadcastable
+    to the samples), in closed form: the 2×2 normal equations of the centred coordinates solved with their
+    explicit inverse (only Mul, Add, Div and ReduceMean in ONNX)."""
+
+    def __init__(self, flow: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 ridge: float):
+        def mean(t: torch.Tensor) -> torch.Tensor:
+            return (weight * t).mean(dim=(2, 3), keepdim=True) / total
+
+        total = weight.mean(dim=(2, 3), keepdim=True) + 1e-6
+        self.cx, self.cy = mean(x), mean(y)
+        dx, dy = x - self.cx, y - self.cy
+        sxx, syy, sxy = mean(dx * dx) + ridge, mean(dy * dy) + ridge, mean(dx * dy)
+        sxf, syf = mean(dx * flow), mean(dy * flow)
+        det = sxx * syy - sxy * sxy
+        self.mean = mean(flow)
+        self.gx = (syy * sxf - sxy * syf) / det
+        self.gy = (sxx * syf - sxy * sxf) / det
+
+    def at(self, like: torch.Tensor) -> torch.Tensor:
+        """The flow (B, 2, H, W) on the pixel grid of `like` (B, C, H, W), in the fitted flow's units."""
+        x, y = cell_centres(like)
+        return self.mean + self.gx * (x - self.cx) + self.gy * (y - self.cy)
+
+
 class SkyfuseRT(nn.Module):
     def __init__(self, config: SkyfuseRTConfig | None = None):
         super().__init__()
@@ -138,31 +188,46 @@ class SkyfuseRT(nn.Module):
         self.descriptor = StructureDescriptor()
         self.corr_global = Correlation(c.match_channels + 9, c.global_radius)
         self.corr_fine = Correlation(c.match_channels, c.fine_radius)
+        self.corr_region = Correlation(c.match_channels + 9, c.fine_radius)
+        # Per-region trust in a match, from the shape of its costs (a single sharp peak is reliable).
+        self.confidence = nn.Conv2d(self.corr_region.taps, 1, 1)
+        nn.init.zeros_(self.confidence.weight)
+        nn.init.zeros_(self.confidence.bias)
+        self.match4 = nn.Conv2d(16, c.fine_match_channels, 1)
+        self.corr4 = Correlation(c.fine_match_channels, 1)
+        # Folds each 2×2 block of 1/4 costs into 1/8 channels (cheaper than a pixel_unshuffle transpose).
+        self.fold4 = nn.Conv2d(self.corr4.taps, 16, 2, stride=2)
         d = c.decoder_width
         self.fine = nn.Sequential(
-            conv(self.corr_fine.taps + 2 * c.width + 4, d),
+            conv(self.corr_fine.taps + 2 * c.width + 4 + 16, d),
             conv(d, d, dilation=2),
             conv(d, d, dilation=4),
             conv(d, 32),
             nn.Conv2d(32, 5, 3, padding=1),
         )
-        # Start from the global shift and the plain average (gains sigmoid(0) = 0.5, offset 0).
+        # Start from the affine map and the plain average (gains sigmoid(0) = 0.5, offset 0).
         nn.init.zeros_(self.fine[-1].weight)
         nn.init.zeros_(self.fine[-1].bias)
 
+    @staticmethod
+    def pool_regions(x: torch.Tensor) -> torch.Tensor:
+        """Mean over REGION × REGION windows of a 1/8 map, every REGION / 2 pixels."""
+        return F.avg_pool2d(x, REGION, stride=REGION // 2)
+
     def forward(self, visible: torch.Tensor, thermal: torch.Tensor):
-        _, maps = self.estimate(visible, thermal)
+        _, _, maps = self.estimate(visible, thermal)
         return self.render(visible, thermal, maps)
 
-    def estimate(self, visible: torch.Tensor, thermal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(global shift (B, 2, 1, 1) in 1/8-pixels, the 5 maps at 1/8: flow in 1/8-pixels, then the
-        logits of a and c and the offset b)."""
+    def estimate(self, visible: torch.Tensor, thermal: torch.Tensor):
+        """(global shift (B, 2, 1, 1), affine flow (B, 2, H/8, W/8), the 5 maps at 1/8: flow, then the gains
+        a and c and the offset b); flows in 1/8-pixels."""
         _, _, h, w = visible.shape
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
             raise ValueError(f"skyfuse-rt needs H and W multiples of {SIZE_MULTIPLE}, got {h}x{w}")
+        c = self.config
         vis4, ir4 = F.avg_pool2d(visible, 4), F.avg_pool2d(thermal, 4)
-        v8, vm8 = self.encoder(vis4)
-        _, tm8 = self.encoder(ir4)
+        v4, v8, vm8 = self.encoder(vis4)
+        _, _, tm8 = self.encoder(ir4)
         # Global shift: the cost volume averaged over the whole image has a clear peak even where local
         # cross-modal matches are ambiguous; soft-argmax reads it.
         # Learned and fixed matching features side by side: the cost is the sum of both cosines. Every
@@ -170,28 +235,44 @@ class SkyfuseRT(nn.Module):
         cost = self.corr_global(
             torch.cat((vm8, self.descriptor(vis4)), 1), torch.cat((tm8, self.descriptor(ir4)), 1), stride=2
         )
-        cost = cost.mean(dim=(2, 3), keepdim=True) * (0.5 * self.config.global_temperature)
+        cost = cost.mean(dim=(2, 3), keepdim=True) * (0.5 * c.global_temperature)
         shift = F.conv2d(torch.softmax(cost, dim=1), self.corr_global.displacement)
-        # Warp the 1/4 image (one channel, cheap) by the shift, re-extract features, refine locally.
-        ir4w = warp(ir4, (shift * 2.0).expand(-1, -1, ir4.shape[2], ir4.shape[3]))
-        t8w, tm8w = self.encoder(ir4w)
-        cost8 = self.corr_fine(vm8, tm8w)
-        flow8 = shift.expand(-1, -1, v8.shape[2], v8.shape[3])
-        out8 = self.fine(
-            torch.cat((cost8, v8, t8w, flow8, F.avg_pool2d(vis4, 2), F.avg_pool2d(ir4w, 2)), dim=1)
+        # Affine map: the cost volume around the shift averaged over overlapping regions (REGION 1/8
+        # pixels wide) has a clear peak where single pixels' cross-modal matches do not; a soft-argmax per
+        # region, weighted by a learned confidence read from the region's costs, feeds a closed-form fit.
+        ir4s = warp(ir4, (shift * 2.0).expand(-1, -1, ir4.shape[2], ir4.shape[3]))
+        _, _, tm8s = self.encoder(ir4s)
+        # Half the sum of two cosines: a mean cosine, on the scale the global temperature is set for.
+        region_cost = 0.5 * self.pool_regions(self.corr_region(
+            torch.cat((vm8, self.descriptor(vis4)), 1), torch.cat((tm8s, self.descriptor(ir4s)), 1)
+        ))
+        matches = shift + self.corr_region.soft_argmax(region_cost, c.global_temperature)
+        x8, y8 = cell_centres(v8)
+        cells = (1, 1, *v8.shape[2:])
+        affine = AffineField(
+            matches, torch.sigmoid(self.confidence(region_cost)),
+            self.pool_regions(x8.expand(cells)), self.pool_regions(y8.expand(cells)), c.affine_ridge,
         )
-        return shift, torch.cat((flow8 + out8[:, :2], out8[:, 2:]), dim=1)
+        # Residual: re-encode the thermal image warped by the affine map (2 = 1/8- to 1/4-pixels).
+        ir4a = warp(ir4, affine.at(ir4) * 2.0)
+        t4a, t8a, tm8a = self.encoder(ir4a)
+        cost4 = self.corr4(normalise(self.match4(v4)), normalise(self.match4(t4a)))
+        flow8 = affine.at(v8)
+        out8 = self.fine(torch.cat((
+            self.corr_fine(vm8, tm8a), v8, t8a, flow8, F.avg_pool2d(vis4, 2), F.avg_pool2d(ir4a, 2),
+            self.fold4(cost4),
+        ), dim=1))
+        maps = torch.cat((flow8 + out8[:, :2], torch.sigmoid(out8[:, 2:4]), out8[:, 4:5]), dim=1)
+        return shift, flow8, maps
 
     def render(self, visible: torch.Tensor, thermal: torch.Tensor, maps: torch.Tensor):
         """The full-resolution part: resize the maps, warp once, fuse."""
         _, _, h, w = visible.shape
         maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
         flow = maps[:, :2] * 8.0
-        grid = flow_to_grid(flow)
-        registered = F.grid_sample(thermal, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        # Local affine fusion: per-pixel gains for each source plus a low-frequency offset, all predicted at
-        # 1/8; pixels whose sample left the thermal view get no thermal term.
-        gain_vis = torch.sigmoid(maps[:, 2:3])
-        gain_ir = torch.sigmoid(maps[:, 3:4]) * grid_inside(grid)
-        fused = gain_vis * visible + gain_ir * registered + maps[:, 4:5]
+        # Zero padding: where the sample left the thermal view, `registered` is 0 and adds nothing.
+        registered = F.grid_sample(
+            thermal, flow_to_grid(flow), mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        fused = maps[:, 2:3] * visible + maps[:, 3:4] * registered + maps[:, 4:5]
         return fused.clamp(0.0, 1.0), registered, flow

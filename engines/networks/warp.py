@@ -12,15 +12,22 @@ import torch
 import torch.nn.functional as F
 
 
+def cell_centres(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised x (1, 1, 1, W) and y (1, 1, H, 1) of the pixel centres of a (B, C, H, W) map: in [-1, 1]
+    over the image whatever its resolution (align_corners=False: pixel i sits at (2i + 1) / size - 1)."""
+    _, _, h, w = like.shape
+    xs = (torch.arange(w, device=like.device, dtype=like.dtype) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=like.device, dtype=like.dtype) * 2 + 1) / h - 1
+    return xs.view(1, 1, 1, w), ys.view(1, 1, h, 1)
+
+
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 2) normalised sampling grid for `grid_sample` from a pixel flow (B, 2, H, W)."""
     _, _, h, w = flow.shape
-    # Normalised centre of pixel i is (2i + 1) / size - 1 (align_corners=False);
-    # a flow of d pixels adds 2d / size.
-    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) * 2 + 1) / w - 1
-    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) * 2 + 1) / h - 1
-    gx = xs.view(1, 1, w) + flow[:, 0] * (2.0 / w)
-    gy = ys.view(1, h, 1) + flow[:, 1] * (2.0 / h)
+    xs, ys = cell_centres(flow)
+    # A flow of d pixels adds 2d / size.
+    gx = xs[:, 0] + flow[:, 0] * (2.0 / w)
+    gy = ys[:, 0] + flow[:, 1] * (2.0 / h)
     return torch.stack((gx, gy), dim=-1)
 
 
@@ -30,8 +37,3 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         image, flow_to_grid(flow), mode="bilinear", padding_mode="zeros", align_corners=False
     )
 
-
-def grid_inside(grid: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) 1 where the sampling grid lands inside the source image, else 0."""
-    inside = (grid.abs() <= 1.0).to(grid.dtype)
-    return (inside[..., 0] * inside[..., 1]).unsqueeze(1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..losses import end_point_error, max_fusion
 from .base import Recipe
@@ -16,7 +17,8 @@ from .base import Recipe
 @dataclass
 class SkyfuseRTLossWeights:
     flow: float = 1.0  # EPE in pixels
-    coarse_flow: float = 0.5  # EPE of the global shift alone (deep supervision of the matching features)
+    affine_flow: float = 0.5  # EPE of the affine stage alone (deep supervision of matches and confidence)
+    global_flow: float = 0.25  # EPE of the global shift alone (deep supervision of the matching features)
     intensity: float = 4.0
     texture: float = 10.0
 
@@ -29,21 +31,24 @@ class SkyfuseRTRecipe(Recipe):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         w = self.weights
-        shift, maps = self.network.estimate(batch["visible"], batch["thermal"])
+        shift, affine, maps = self.network.estimate(batch["visible"], batch["thermal"])
         fused, _, flow = self.network.render(batch["visible"], batch["thermal"], maps)
         valid = batch["valid"]
-        coarse = (shift * 8.0).expand_as(flow)
+        affine = F.interpolate(affine, size=flow.shape[2:], mode="bilinear", align_corners=False) * 8.0
         # Where the thermal view has no content the best fused image is the visible one.
         target_ir = batch["aligned"] * valid + batch["visible"] * (1 - valid)
         epe = end_point_error(flow, batch["flow"], valid)
-        epe_coarse = end_point_error(coarse, batch["flow"], valid)
+        epe_affine = end_point_error(affine, batch["flow"], valid)
+        epe_global = end_point_error((shift * 8.0).expand_as(flow), batch["flow"], valid)
         intensity, texture = max_fusion(fused, batch["visible"], target_ir)
-        loss = w.flow * epe + w.coarse_flow * epe_coarse + w.intensity * intensity + w.texture * texture
+        loss = (w.flow * epe + w.affine_flow * epe_affine + w.global_flow * epe_global
+                + w.intensity * intensity + w.texture * texture)
         self.step(self.optimizer, loss)
         return {
             "loss": loss.item(),
             "epe": epe.item(),
-            "epe_coarse": epe_coarse.item(),
+            "epe_affine": epe_affine.item(),
+            "epe_global": epe_global.item(),
             "intensity": intensity.item(),
             "texture": texture.item(),
         }
