@@ -215,3 +215,10 @@ def test_correlation_soft_argmax_is_the_softmax_expectation():
     cost = torch.rand(2, corr.taps, 6, 7) * 2 - 1
     expected = torch.nn.functional.conv2d(torch.softmax(cost * 20, dim=1), corr.displacement)
     torch.testing.assert_close(corr.soft_argmax(cost, 20.0), expected, atol=1e-5, rtol=0)
+
+
+def test_skyfuse_rt_refuses_frames_smaller_than_its_affine_regions():
+    net = tiny("skyfuse-rt")
+    tiny_frame = torch.rand(1, 1, 16, 64)
+    with pytest.raises(ValueError, match="at least 32, got 16x64"):
+        net(tiny_frame, tiny_frame)

@@ -2,7 +2,7 @@
 
 Design (METHODS.md, "What this means for a real-time engine"): all learned work runs at 1/4-1/8
 resolution; full resolution sees only one bilinear resize of the 5 predicted maps, one GridSample and a
-handful of element-wise operations (about 0.7 GMAC per 640×512 frame).
+handful of element-wise operations (about 0.8 GMAC per 640×512 frame).
 
 1. Both luminances are average-pooled to 1/4; one shared (Siamese) CNN, fed the image and its local
    contrast, gives features at 1/4 and 1/8 plus narrow unit-length matching features.
@@ -222,8 +222,9 @@ class SkyfuseRT(nn.Module):
         """(global shift (B, 2, 1, 1), affine flow (B, 2, H/8, W/8), the 5 maps at 1/8: flow, then the gains
         a and c and the offset b); flows in 1/8-pixels."""
         _, _, h, w = visible.shape
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise ValueError(f"skyfuse-rt needs H and W multiples of {SIZE_MULTIPLE}, got {h}x{w}")
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < 8 * REGION:
+            raise ValueError(f"skyfuse-rt needs H and W multiples of {SIZE_MULTIPLE} and at least "
+                             f"{8 * REGION}, got {h}x{w}")
         c = self.config
         vis4, ir4 = F.avg_pool2d(visible, 4), F.avg_pool2d(thermal, 4)
         v4, v8, vm8 = self.encoder(vis4)
@@ -232,9 +233,8 @@ class SkyfuseRT(nn.Module):
         # cross-modal matches are ambiguous; soft-argmax reads it.
         # Learned and fixed matching features side by side: the cost is the sum of both cosines. Every
         # second pixel is enough for an image-wide average.
-        cost = self.corr_global(
-            torch.cat((vm8, self.descriptor(vis4)), 1), torch.cat((tm8, self.descriptor(ir4)), 1), stride=2
-        )
+        vd8 = self.descriptor(vis4)
+        cost = self.corr_global(torch.cat((vm8, vd8), 1), torch.cat((tm8, self.descriptor(ir4)), 1), stride=2)
         cost = cost.mean(dim=(2, 3), keepdim=True) * (0.5 * c.global_temperature)
         shift = F.conv2d(torch.softmax(cost, dim=1), self.corr_global.displacement)
         # Affine map: the cost volume around the shift averaged over overlapping regions (REGION 1/8
@@ -244,7 +244,7 @@ class SkyfuseRT(nn.Module):
         _, _, tm8s = self.encoder(ir4s)
         # Half the sum of two cosines: a mean cosine, on the scale the global temperature is set for.
         region_cost = 0.5 * self.pool_regions(self.corr_region(
-            torch.cat((vm8, self.descriptor(vis4)), 1), torch.cat((tm8s, self.descriptor(ir4s)), 1)
+            torch.cat((vm8, vd8), 1), torch.cat((tm8s, self.descriptor(ir4s)), 1)
         ))
         matches = shift + self.corr_region.soft_argmax(region_cost, c.global_temperature)
         x8, y8 = cell_centres(v8)
