@@ -234,6 +234,7 @@ def test_train_command_writes_logs_checkpoints_and_resumes(tmp_path, capsys):
         (["--lr", "0"], "--lr must be positive"),
         (["--config", "width"], "KEY=VALUE"),
         (["--config", "depth=3"], "unknown config field"),
+        (["--init", "w.pt", "--resume", "c.pt"], "give only one"),
     ],
 )
 def test_train_command_rejects_bad_options(tmp_path, extra, message):

@@ -114,6 +114,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise SkyfuseError(f"--{name.replace('_', '-')} must be positive")
     if args.lr <= 0:
         raise SkyfuseError("--lr must be positive")
+    if args.init and args.resume:
+        raise SkyfuseError("--init starts a new run from weights and --resume continues one: give only one")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SkyfuseError("--device cuda: no CUDA device available to torch")
 
@@ -174,7 +176,7 @@ def main(argv: list[str]) -> int:
 
     network_cls, _ = network_classes(args.model)
     network = network_cls(make_config(args.model, overrides))
-    if args.init and not args.resume:
+    if args.init:
         print(initialise_from(network, args.init))
     recipe = recipe_class(args.model)(network, args.lr).to(device)
     n_params = sum(p.numel() for p in network.parameters())
