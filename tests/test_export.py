@@ -10,8 +10,10 @@ from onnx import TensorProto, helper
 
 from engines import export
 from engines.export import export_network, verify_export
+from engines.models import network_geometry
 from engines.onnx_check import opset_range, tensorrt_ops, tensorrt_problems
 from engines.precision import check_fp16_parity, convert_fp16_file
+from engines.quantize import CALIBRATION_SIZE
 from pipeline.errors import SkyfuseError
 
 # Every network with its shipped architecture; the paper networks with narrow channels (same operators and
@@ -141,7 +143,7 @@ def test_the_export_list_covers_every_network():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """name -> (network, fp32 path, sizes), exported once per test module."""
-    from engines.models import load_network, network_geometry
+    from engines.models import load_network
 
     cache = {}
 
@@ -169,11 +171,13 @@ def test_every_network_exports_matches_pytorch_and_passes_the_tensorrt_check(nam
 
 @pytest.mark.parametrize("name", list(NETWORKS))  # misfit-v, dae-fuse: torch.export, ~30 s each
 def test_every_network_fp16_graph_is_within_two_gray_levels_of_fp32(name, exported, tmp_path):
-    _, path, sizes = exported(name)
+    network, path, _ = exported(name)
     fp16 = convert_fp16_file(path, tmp_path / f"{name}16.onnx")
     assert tensorrt_problems(fp16) == []
     assert fp16.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
-    report = check_fp16_parity(path, tmp_path / f"{name}16.onnx", sizes[:1])
+    geometry = network_geometry(network)
+    size = geometry.fixed_size or geometry.padded(*CALIBRATION_SIZE)  # as `skyfuse export` checks it
+    report = check_fp16_parity(path, tmp_path / f"{name}16.onnx", [size])
     assert report.passed, str(report)
 
 
