@@ -141,6 +141,16 @@ def test_weights_round_trip_rebuilds_the_saved_architecture(tmp_path):
         build_network("skyfuse-rt", {"width": 99}, weights=tmp_path / "w.pt")
 
 
+def test_weights_of_another_architecture_version_get_a_clear_error(tmp_path):
+    net = tiny("skyfuse-rt")
+    save_weights(net, tmp_path / "w.pt")
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    del state["state_dict"]["confidence4.weight"]  # as a file saved before the refined affine stage
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(SkyfuseError, match=r"old.pt does not fit this version of skyfuse-rt .*--init"):
+        build_network("skyfuse-rt", weights=tmp_path / "old.pt")
+
+
 def test_skyfuse_rt_exports_to_onnx_with_dynamic_size(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

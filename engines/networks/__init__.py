@@ -103,7 +103,14 @@ def build_network(
         config_fields = {**saved, **config_fields}
     network = network_cls(make_config(name, config_fields))
     if state is not None:
-        network.load_state_dict(state["state_dict"])
+        try:
+            network.load_state_dict(state["state_dict"])
+        except RuntimeError as exc:  # weights of another version of the architecture
+            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise SkyfuseError(
+                f"{path} does not fit this version of {name} ({first}); retrain it, or start a training "
+                f"from it with `skyfuse train --init {path}`"
+            ) from None
     return network.eval()
 
 
