@@ -107,3 +107,29 @@ def test_fuse_pair_reports_missing_inputs(tmp_path):
                 str(tmp_path / "f.png"),
             ]
         )
+
+
+def test_fuse_pair_with_a_rig_file_prewarps_the_thermal_view_into_the_visible_frame(tmp_path):
+    visible, _ = scene(72, 88, seed=5)
+    visible_u8 = (visible * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "v.png"), cv2.cvtColor(visible_u8, cv2.COLOR_GRAY2BGR))
+    # A thermal camera of another size, rotated, zoomed and shifted against the visible one.
+    angle, zoom = np.deg2rad(4.0), 0.85
+    to_thermal = np.array([[zoom * np.cos(angle), -zoom * np.sin(angle), 6.0],
+                           [zoom * np.sin(angle), zoom * np.cos(angle), 2.0], [0.0, 0.0, 1.0]])
+    cv2.imwrite(str(tmp_path / "t.png"), cv2.warpPerspective(visible_u8, to_thermal, (80, 60)))
+    rig = {"visible_size": [88, 72], "thermal_size": [80, 60], "visible_to_thermal": to_thermal.tolist()}
+    (tmp_path / "rig.json").write_text(json.dumps(rig))
+    args = ["--visible", str(tmp_path / "v.png"), "--thermal", str(tmp_path / "t.png"), "--engine", "blend",
+            "--output", str(tmp_path / "f.png")]
+
+    def registered_error(extra: list[str]) -> float:
+        assert fuse_pair_main(args + ["--save-registered", str(tmp_path / "r.png")] + extra) == 0
+        registered = cv2.imread(str(tmp_path / "r.png"), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+        seen = (slice(12, 52), slice(12, 64))  # inside the thermal view
+        return float(np.abs(registered[seen] - visible_u8[seen]).mean())
+
+    assert registered_error(["--calibration", str(tmp_path / "rig.json")]) < 6.0
+    assert registered_error([]) > 20.0  # a plain resize leaves the rotation, zoom and shift
+    with pytest.raises(SkyfuseError, match="calibration file not found"):
+        fuse_pair_main(args + ["--calibration", str(tmp_path / "missing.json")])

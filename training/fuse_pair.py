@@ -1,9 +1,11 @@
 """`skyfuse fuse-pair`: fuse one visible/thermal image pair with a network or a classical engine.
 
-The thermal image is resized to the visible image's size (the visible frame is the reference); the
-network registers it and fuses the luminance, and the visible chroma is re-attached. The fused image and
-the optional registered image have the visible image's size; the flow (.npy) is (H, W, 2) float32 pixels
-with registered(p) = thermal(p + flow(p)).
+The thermal image is resized to the visible image's size (the visible frame is the reference) or, with
+`--calibration`, resampled into the visible frame by the rig's homography (cameras whose views differ, as
+real rigs' do); the network registers it and fuses the luminance, and the visible chroma is re-attached.
+The fused image and the optional registered image have the visible image's size; the flow (.npy) is
+(H, W, 2) float32 pixels with registered(p) = thermal(p + flow(p)), `thermal` being the resized or
+pre-warped thermal image.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from calibration.rig import Rig
 from engines.colour import merge_luma, split_luma
 from engines.networks import NETWORKS, build_network, spec
 from engines.registry import create_engine
@@ -32,12 +35,18 @@ def read_image(path: str, flags: int, label: str) -> np.ndarray:
     return image
 
 
-def thermal_u8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """8-bit single-channel thermal image at `size` (W, H); 16-bit frames are min-max stretched."""
+def thermal_u8(image: np.ndarray, size: tuple[int, int], rig: Rig | None = None) -> np.ndarray:
+    """8-bit single-channel thermal image in the visible frame of `size` (W, H): resized, or sampled
+    through the rig's visible-to-thermal homography (zero where the thermal camera does not see); 16-bit
+    frames are min-max stretched."""
     if image.ndim == 3:
         image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
     if image.dtype != np.uint8:
         image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if rig is not None:
+        visible_to_thermal = rig.homography_for(size[::-1], image.shape[::-1])
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # sample the thermal image at H * visible pixel
+        return cv2.warpPerspective(image, visible_to_thermal, size, flags=flags)
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) if image.shape[::-1] != size else image
 
 
@@ -63,13 +72,17 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--weights", help="network weights (default engines/weights/<model>.pt when present)")
     p.add_argument("--engine", help="use this classical engine (e.g. blend, pyramid) instead of a network")
+    p.add_argument("--calibration", metavar="RIG_JSON",
+                   help="rig file from `skyfuse calibrate`: pre-warp the thermal image into the visible "
+                        "frame by its homography instead of resizing it")
     p.add_argument("--save-registered", metavar="PNG", help="write the registered thermal image")
     p.add_argument("--save-flow", metavar="NPY", help="write the flow, (H, W, 2) float32 pixels")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    rig = Rig.load(args.calibration) if args.calibration else None
     visible = read_image(args.visible, cv2.IMREAD_COLOR, "visible")
-    thermal = thermal_u8(read_image(args.thermal, cv2.IMREAD_UNCHANGED, "thermal"), visible.shape[1::-1])
+    thermal = thermal_u8(read_image(args.thermal, cv2.IMREAD_UNCHANGED, "thermal"), visible.shape[1::-1], rig)
     if args.engine:
         engine = create_engine(args.engine)
         fused = engine.fuse(visible[None], thermal[None]).fused[0]
