@@ -90,9 +90,15 @@ class StructureDescriptor(nn.Module):
         self.register_buffer("neighbours", torch.eye(9).view(9, 1, 3, 3), persistent=False)
 
     def forward(self, x4: torch.Tensor, level: int = 8) -> torch.Tensor:
-        g = F.conv2d(F.pad(x4, (1, 1, 1, 1), mode="replicate"), self.sobel).abs().sum(dim=1, keepdim=True)
-        if level == 8:
-            g = F.avg_pool2d(g, 2)
+        edges = self.edges(x4)
+        return self.describe(F.avg_pool2d(edges, 2) if level == 8 else edges)
+
+    def edges(self, x4: torch.Tensor) -> torch.Tensor:
+        """Sobel gradient magnitude at 1/4 (computed once when both levels are wanted)."""
+        return F.conv2d(F.pad(x4, (1, 1, 1, 1), mode="replicate"), self.sobel).abs().sum(dim=1, keepdim=True)
+
+    def describe(self, g: torch.Tensor) -> torch.Tensor:
+        """The descriptor of a gradient-magnitude map at its own resolution."""
         d = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), self.neighbours)
         d = d - d.mean(dim=1, keepdim=True)
         return d / (d.pow(2).sum(dim=1, keepdim=True) + 1e-6).sqrt()
@@ -247,7 +253,8 @@ class SkyfuseRT(nn.Module):
         # cross-modal matches are ambiguous; soft-argmax reads it.
         # Learned and fixed matching features side by side: the cost is the sum of both cosines. Every
         # second pixel is enough for an image-wide average.
-        vd8 = self.descriptor(vis4)
+        vis_edges = self.descriptor.edges(vis4)  # the visible image's descriptor at 1/8 here, at 1/4 below
+        vd8 = self.descriptor.describe(F.avg_pool2d(vis_edges, 2))
         cost = self.corr_global(torch.cat((vm8, vd8), 1), torch.cat((tm8, self.descriptor(ir4)), 1), stride=2)
         cost = cost.mean(dim=(2, 3), keepdim=True) * (0.5 * c.global_temperature)
         shift = F.conv2d(torch.softmax(cost, dim=1), self.corr_global.displacement)
@@ -275,7 +282,7 @@ class SkyfuseRT(nn.Module):
         ir4a = warp(ir4, affine4 * 2.0)
         t4a, t8a, tm8a = self.encoder(ir4a)
         cost4 = 0.5 * self.corr4(
-            torch.cat((normalise(self.match4(v4)), self.descriptor(vis4, level=4)), 1),
+            torch.cat((normalise(self.match4(v4)), self.descriptor.describe(vis_edges)), 1),
             torch.cat((normalise(self.match4(t4a)), self.descriptor(ir4a, level=4)), 1),
         )
         region_cost4 = self.pool_regions(cost4, level=4)
