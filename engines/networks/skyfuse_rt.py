@@ -32,6 +32,7 @@ Size constraint: H and W multiples of 16 (`SIZE_MULTIPLE`); any such H×W works 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -194,6 +195,17 @@ class AffineField:
         return self.mean + self.gx * (x - self.cx) + self.gy * (y - self.cy)
 
 
+class Estimate(NamedTuple):
+    """What `SkyfuseRT.estimate` finds, stage by stage; flows in 1/8-pixels."""
+
+    shift: torch.Tensor  # global shift (B, 2, 1, 1)
+    affine: torch.Tensor  # affine flow (B, 2, H/8, W/8)
+    refined: torch.Tensor  # refined affine flow (B, 2, H/8, W/8)
+    maps: torch.Tensor  # the 5 maps at 1/8: flow, then the gains a and c and the offset b
+    region_matches: torch.Tensor  # per-region matches of the affine fit (B, 2, H/16 - 1, W/16 - 1)
+    refined_region_matches: torch.Tensor  # per-region matches of the refined fit, same grid
+
+
 class SkyfuseRT(nn.Module):
     def __init__(self, config: SkyfuseRTConfig | None = None):
         super().__init__()
@@ -234,13 +246,19 @@ class SkyfuseRT(nn.Module):
         side = REGION * 8 // level
         return F.avg_pool2d(x, side, stride=side // 2)
 
-    def forward(self, visible: torch.Tensor, thermal: torch.Tensor):
-        maps = self.estimate(visible, thermal)[-1]
-        return self.render(visible, thermal, maps)
+    @staticmethod
+    def region_flow(flow: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of a full-resolution flow (B, 2, H, W) over the valid pixels of each region of the affine
+        fits, in 1/8-pixels (what the region matches estimate), and each region's valid fraction."""
+        side = 8 * REGION
+        coverage = F.avg_pool2d(valid, side, stride=side // 2)
+        return F.avg_pool2d(flow * valid, side, stride=side // 2) / (8.0 * coverage + 1e-6), coverage
 
-    def estimate(self, visible: torch.Tensor, thermal: torch.Tensor):
-        """(global shift (B, 2, 1, 1), affine flow and refined affine flow (B, 2, H/8, W/8), the 5 maps at
-        1/8: flow, then the gains a and c and the offset b); flows in 1/8-pixels."""
+    def forward(self, visible: torch.Tensor, thermal: torch.Tensor):
+        return self.render(visible, thermal, self.estimate(visible, thermal).maps)
+
+    def estimate(self, visible: torch.Tensor, thermal: torch.Tensor) -> Estimate:
+        """Registration and fusion maps at 1/8, with every intermediate stage (for deep supervision)."""
         _, _, h, w = visible.shape
         if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < 8 * REGION:
             raise ValueError(f"skyfuse-rt needs H and W multiples of {SIZE_MULTIPLE} and at least "
@@ -309,7 +327,7 @@ class SkyfuseRT(nn.Module):
         fusion = F.avg_pool2d(F.pad(torch.cat((torch.sigmoid(out8[:, 2:4]), out8[:, 4:5]), dim=1),
                                     (MAP_SMOOTHING // 2,) * 4, mode="replicate"), MAP_SMOOTHING, stride=1)
         maps = torch.cat((flow8 + out8[:, :2], fusion), dim=1)
-        return shift, affine8, flow8, maps
+        return Estimate(shift, affine8, flow8, maps, matches, matches4)
 
     def render(self, visible: torch.Tensor, thermal: torch.Tensor, maps: torch.Tensor):
         """The full-resolution part: resize the maps, warp once, fuse."""

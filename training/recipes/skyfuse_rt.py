@@ -32,8 +32,8 @@ class SkyfuseRTRecipe(Recipe):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         w = self.weights
-        shift, affine, refined, maps = self.network.estimate(batch["visible"], batch["thermal"])
-        fused, _, flow = self.network.render(batch["visible"], batch["thermal"], maps)
+        stages = self.network.estimate(batch["visible"], batch["thermal"])
+        fused, _, flow = self.network.render(batch["visible"], batch["thermal"], stages.maps)
         valid = batch["valid"]
 
         def full(flow8: torch.Tensor) -> torch.Tensor:
@@ -42,9 +42,9 @@ class SkyfuseRTRecipe(Recipe):
         # Where the thermal view has no content the best fused image is the visible one.
         target_ir = batch["aligned"] * valid + batch["visible"] * (1 - valid)
         epe = end_point_error(flow, batch["flow"], valid)
-        epe_affine = end_point_error(full(affine), batch["flow"], valid)
-        epe_refined = end_point_error(full(refined), batch["flow"], valid)
-        epe_global = end_point_error((shift * 8.0).expand_as(flow), batch["flow"], valid)
+        epe_affine = end_point_error(full(stages.affine), batch["flow"], valid)
+        epe_refined = end_point_error(full(stages.refined), batch["flow"], valid)
+        epe_global = end_point_error((stages.shift * 8.0).expand_as(flow), batch["flow"], valid)
         intensity, texture = max_fusion(fused, batch["visible"], target_ir)
         loss = (w.flow * epe + w.affine_flow * epe_affine + w.refined_flow * epe_refined
                 + w.global_flow * epe_global + w.intensity * intensity + w.texture * texture)
