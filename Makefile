@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/engines.py --json out/bench/engines.json
 	$(BIN)/python benchmarks/calibration.py --json out/bench/calibration.json
 	$(BIN)/python benchmarks/metrics_reference.py --json out/bench/metrics.json
+	$(BIN)/python benchmarks/registration_stages.py --json out/bench/registration_stages.json
 
 clean:
 	rm -rf $(VENV) out
