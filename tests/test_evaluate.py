@@ -51,10 +51,11 @@ def test_eval_prints_and_saves_the_protocol_table(tmp_path, tiny_weights, capsys
     table = json.loads(out.read_text())
     rows = table["rows"]
     assert table["pairs"] == 2
-    assert {"skyfuse-rt", "skyfuse-rt oracle-reg", "skyfuse-rt aligned", "blend (no registration)"} <= set(
-        rows
-    )
+    expected = ["", " oracle-reg", " aligned", " aligned, registration on"]
+    assert {f"skyfuse-rt{suffix}" for suffix in expected} | {"blend (no registration)"} <= set(rows)
     assert rows["skyfuse-rt"]["reg_EPE"] >= 0 and "reg_EPE" not in rows["skyfuse-rt aligned"]
+    # On the aligned pair any flow is error: its EPE is the flow the network reads there.
+    assert rows["skyfuse-rt aligned, registration on"]["reg_EPE"] > 0
     assert rows["blend (no registration)"]["reg_EPE"] > 0  # no registration: the whole deformation is error
     assert cv2.imread(str(grid)) is not None
     assert "skyfuse-rt oracle-reg" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.networks import NETWORKS, build_network, pad_to_multiple, save_weights, spec
+from engines.networks import NETWORKS, build_network, pad_to_multiple, registers, save_weights, spec
 from engines.networks.dae_fuse import Discriminator
 from engines.networks.misfit_v import PatchDiscriminator
 from engines.networks.warp import warp
@@ -79,7 +79,22 @@ def test_io_convention_and_gradients(name):
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     if name in ("misfit-v", "dae-fuse"):  # fusers without registration
-        assert torch.equal(registered, thermal) and not flow.any()
+        assert torch.equal(registered, thermal) and not flow.any() and not registers(net)
+
+
+@pytest.mark.parametrize("name", ["skyfuse-rt", "umf-cmgr"])
+def test_a_registering_network_fuses_an_already_registered_pair_without_moving_it(name):
+    net = tiny(name)
+    assert registers(net)
+    h, w = valid_size(name)
+    visible, thermal = torch.rand(1, 1, h, w), torch.rand(1, 1, h, w)
+    with torch.no_grad():
+        fused, registered, flow = net.fuse_registered(visible, thermal)
+        moved = net(visible, thermal)[2]
+    assert moved.abs().max() > 0  # registering, the same network moves this pair
+    assert flow.shape == (1, 2, h, w) and not flow.any()
+    torch.testing.assert_close(registered, thermal, atol=1e-5, rtol=0)  # resampled where it stood
+    assert fused.shape == (1, 1, h, w) and 0.0 <= float(fused.min()) and float(fused.max()) <= 1.0
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))

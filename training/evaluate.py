@@ -4,8 +4,11 @@ Protocol `roadscene-misaligned`: the 100 RoadScene test pairs of training.data.s
 deformed by its fixed seeded deformation (training.dataset.FixedMisaligned). Rows, per network:
 - `NAME`: fed the misaligned pair (the network registers and fuses);
 - `NAME oracle-reg`: fed the thermal image registered with the ground-truth flow (same resampling and
-  missing border as the misaligned input: the gap to it is the registration error alone);
-- `NAME aligned`: fed the original aligned pair (upper bound);
+  missing border as the misaligned input), its own registration off: the gap to it is the registration
+  error alone;
+- `NAME aligned`: fed the original aligned pair, its registration off: its fusion alone (upper bound);
+- `NAME aligned, registration on` (networks that register): the aligned pair, registered as any input;
+  its registration metrics are against zero flow: what the network moves a pair that needs no move;
 and per classical baseline: the misaligned pair fused with no registration, and the oracle registration.
 Registration metrics (MSE, NCC, MI, EPE) are over the pixels the warped image shows; fusion metrics compare
 the fused image with the visible image and the *aligned* thermal image (a ghost costs score), with the
@@ -17,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
 
 from engines.classical import BlendEngine, PyramidEngine
-from engines.networks import NETWORKS, build_network, spec
+from engines.networks import NETWORKS, build_network, registers, spec
 from pipeline.errors import SkyfuseError
 
 from . import synth
@@ -42,43 +46,53 @@ def classical(engine, visible: np.ndarray, thermal: np.ndarray) -> np.ndarray:
     return engine.fuse_luma(to_u8(visible), to_u8(thermal)).astype(np.float32) / 255.0
 
 
-def rows_for_pair(sample, networks: dict, baselines: list[str]) -> dict[str, tuple]:
-    """row name -> (fused, registered, flow or None) for one test pair."""
+class Result(NamedTuple):
+    """One row's output for one pair; the registration, when the row registers, with its ground truth."""
+
+    fused: np.ndarray
+    registered: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    true_flow: np.ndarray | None = None
+    shown: np.ndarray | None = None  # the pixels the registration is scored over (None: all)
+
+
+def rows_for_pair(sample, networks: dict, baselines: list[str]) -> dict[str, Result]:
+    """row name -> result for one test pair."""
     visible, misaligned = sample["visible"][0].numpy(), sample["thermal"][0].numpy()
     aligned, true_flow = sample["aligned"][0].numpy(), sample["flow"].permute(1, 2, 0).numpy()
-    oracle = synth.warp(misaligned, true_flow)
+    shown, oracle = sample["valid"][0].numpy(), synth.warp(misaligned, true_flow)
+    zero_flow = np.zeros_like(true_flow)
+    visible_t = torch.from_numpy(visible)[None, None]
     results = {}
     for name, network in networks.items():
         multiple = spec(name).size_multiple
-        for suffix, thermal in (("", misaligned), (" oracle-reg", oracle), (" aligned", aligned)):
-            out = run_network(
-                network,
-                torch.from_numpy(visible)[None, None],
-                torch.from_numpy(thermal)[None, None],
-                multiple,
-            )
-            results[name + suffix] = out if not suffix else (out[0], None, None)
+
+        def run(thermal: np.ndarray, register: bool, network=network, multiple=multiple):
+            return run_network(network, visible_t, torch.from_numpy(thermal)[None, None], multiple, register)
+
+        results[name] = Result(*run(misaligned, True), true_flow, shown)
+        results[f"{name} oracle-reg"] = Result(run(oracle, False)[0])
+        results[f"{name} aligned"] = Result(run(aligned, False)[0])
+        if registers(network):
+            results[f"{name} aligned, registration on"] = Result(*run(aligned, True), zero_flow)
     for name in baselines:
-        zero = np.zeros(visible.shape + (2,), np.float32)
-        results[f"{name} (no registration)"] = (
-            classical(BASELINES[name], visible, misaligned),
-            misaligned,
-            zero,
+        results[f"{name} (no registration)"] = Result(
+            classical(BASELINES[name], visible, misaligned), misaligned, zero_flow, true_flow, shown
         )
-        results[f"{name} oracle-reg"] = (classical(BASELINES[name], visible, oracle), None, None)
+        results[f"{name} oracle-reg"] = Result(classical(BASELINES[name], visible, oracle))
     return results
 
 
-def score_row(sample, fused, registered, flow) -> dict[str, float]:
+def score_row(sample, result: Result) -> dict[str, float]:
     visible, aligned = sample["visible"][0].numpy(), sample["aligned"][0].numpy()
-    scores = fusion_metrics(to_u8(visible), to_u8(aligned), to_u8(fused), FUSION_COLUMNS)
-    if registered is not None:
+    scores = fusion_metrics(to_u8(visible), to_u8(aligned), to_u8(result.fused), FUSION_COLUMNS)
+    if result.registered is not None:
         reg = registration_metrics(
-            to_u8(registered),
+            to_u8(result.registered),
             to_u8(aligned),
-            flow=flow,
-            true_flow=sample["flow"].permute(1, 2, 0).numpy(),
-            mask=sample["valid"][0].numpy(),
+            flow=result.flow,
+            true_flow=result.true_flow,
+            mask=result.shown,
         )
         scores |= {f"reg_{k}": v for k, v in reg.items()}
     return scores
@@ -99,9 +113,10 @@ def grid_row(sample, results: dict, networks: list[str]) -> np.ndarray:
     ]
     first_baseline = next((k for k in results if k.endswith("(no registration)")), None)
     if first_baseline:
-        tiles.append(tile(results[first_baseline][0], first_baseline))
+        tiles.append(tile(results[first_baseline].fused, first_baseline))
     for name in networks:
-        tiles += [tile(results[name][1], f"{name} registered"), tile(results[name][0], f"{name} fused")]
+        result = results[name]
+        tiles += [tile(result.registered, f"{name} registered"), tile(result.fused, f"{name} fused")]
     return np.hstack(tiles)
 
 
@@ -146,8 +161,8 @@ def main(argv: list[str]) -> int:
     for i in range(len(samples)):
         sample = samples[i]
         results = rows_for_pair(sample, networks, args.baselines)
-        for row, (fused, registered, flow) in results.items():
-            for k, v in score_row(sample, fused, registered, flow).items():
+        for row, result in results.items():
+            for k, v in score_row(sample, result).items():
                 sums.setdefault(row, {}).setdefault(k, []).append(v)
         if i < GRID_PAIRS:
             grid.append(grid_row(sample, results, list(networks)))

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.networks import pad_to_multiple
+from engines.networks import pad_to_multiple, registers
 
 from .metrics import fusion_metrics, registration_metrics
 
@@ -19,13 +19,14 @@ def to_u8(x: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def run_network(network: nn.Module, visible: torch.Tensor, thermal: torch.Tensor, size_multiple: int):
+def run_network(network: nn.Module, visible: torch.Tensor, thermal: torch.Tensor, size_multiple: int,
+                register: bool = True):
     """Network outputs for one (1, 1, H, W) pair of any size: padded to the size multiple, then cropped.
+    `register=False` fuses the pair as it is (`fuse_registered`) when the network registers.
     Returns numpy (fused (H, W), registered (H, W), flow (H, W, 2))."""
     h, w = visible.shape[-2:]
-    fused, registered, flow = network(
-        pad_to_multiple(visible, size_multiple), pad_to_multiple(thermal, size_multiple)
-    )
+    fuse = network.fuse_registered if not register and registers(network) else network
+    fused, registered, flow = fuse(*(pad_to_multiple(x, size_multiple) for x in (visible, thermal)))
     return (
         fused[0, 0, :h, :w].cpu().numpy(),
         registered[0, 0, :h, :w].cpu().numpy(),

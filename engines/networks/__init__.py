@@ -6,7 +6,9 @@ Every network follows one I/O convention (engines export and run them against it
 the thermal frame warped onto the visible one, flow (B, 2, H, W) in pixels with
 `registered(p) = thermal(p + flow(p))` (see `warp.py`). H and W must be multiples of the network's
 `size_multiple` (`pad_to_multiple` helps); `dynamic_size` says whether one exported graph serves any
-such H×W. Colour is handled outside (engines/colour.py).
+such H×W. Colour is handled outside (engines/colour.py). A network that registers also has
+`fuse_registered(visible, thermal)`, with the same outputs, for a pair that is already registered: it
+fuses without moving the thermal image (flow zero), which is how its fusion alone is scored.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def make_config(name: str, overrides: dict | None = None):
             f"{name}: unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     return config_cls(**overrides)
+
+
+def registers(network: nn.Module) -> bool:
+    """Whether the network registers the thermal image itself (and so can also fuse without it)."""
+    return hasattr(network, "fuse_registered")
 
 
 def default_weights(name: str) -> Path:

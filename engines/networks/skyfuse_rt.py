@@ -257,6 +257,11 @@ class SkyfuseRT(nn.Module):
     def forward(self, visible: torch.Tensor, thermal: torch.Tensor):
         return self.render(visible, thermal, self.estimate(visible, thermal).maps)
 
+    def fuse_registered(self, visible: torch.Tensor, thermal: torch.Tensor):
+        """`forward` for a pair that is already registered: the fusion maps alone, the flow held at zero."""
+        maps = self.estimate(visible, thermal).maps
+        return self.render(visible, thermal, torch.cat((torch.zeros_like(maps[:, :2]), maps[:, 2:]), 1))
+
     def estimate(self, visible: torch.Tensor, thermal: torch.Tensor) -> Estimate:
         """Registration and fusion maps at 1/8, with every intermediate stage (for deep supervision)."""
         _, _, h, w = visible.shape

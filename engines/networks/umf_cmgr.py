@@ -197,3 +197,8 @@ class UMFCMGR(nn.Module):
         flow = self.mrrn(thermal, pseudo_ir)
         registered = warp(thermal, flow)
         return self.difn(registered, visible), registered, flow
+
+    def fuse_registered(self, visible: torch.Tensor, thermal: torch.Tensor):
+        """`forward` for a pair that is already registered: DIFN alone, the flow zero."""
+        flow = torch.zeros_like(thermal).expand(-1, 2, -1, -1)
+        return self.difn(thermal, visible), thermal, flow
