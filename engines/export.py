@@ -24,7 +24,7 @@ import onnx
 from pipeline.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES, Geometry
-from .models import load_network, network_geometry, write_metadata
+from .models import load_network, model_label, network_geometry, without_registration, write_metadata
 from .onnx_check import opset_range, require_tensorrt_compatible
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -148,21 +148,24 @@ def cache_dir() -> Path:
 
 
 def cached_export(model: str, weights: str | None = None, precision: str = "fp32",
-                  overrides: dict | None = None) -> Path:
-    """The ONNX file of `model` for the engines, exported once per (model, weights, options, library versions,
-    network and exporter source)."""
+                  overrides: dict | None = None, registration: bool = True) -> Path:
+    """The ONNX file of `model` for the engines (`registration=False`: with its registration off), exported
+    once per (model, weights, options, library versions, network and exporter source)."""
     import torch
 
     weights_file = weights or _shipped_weights(model)
     weights_id = _file_digest(weights_file) if weights_file else "untrained"
-    key = json.dumps([model, weights_id, precision, overrides or {}, torch.__version__, onnx.__version__,
+    label = model_label(model, registration)
+    key = json.dumps([label, weights_id, precision, overrides or {}, torch.__version__, onnx.__version__,
                       _code_digest()], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = cache_dir() / "onnx" / f"{model}-{precision}-{digest}.onnx"
+    path = cache_dir() / "onnx" / f"{label}-{precision}-{digest}.onnx"
     if not path.exists():
         network = load_network(model, weights, overrides)
+        if not registration:
+            network = without_registration(network)
         tmp = path.with_suffix(".tmp")
-        export_network(network, tmp, model_name=model, precision=precision)
+        export_network(network, tmp, model_name=label, precision=precision)
         tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return path
 
@@ -243,17 +246,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: 17 torchscript, 18 dynamo)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="auto",
                         help="torchscript (fast), dynamo (torch.export), auto: dynamo for attention networks")
+    parser.add_argument("--no-registration", action="store_true",
+                        help="export with the network's registration off (frames that arrive registered)")
     parser.add_argument("--output", required=True, help="ONNX file to write")
     args = parser.parse_args(argv)
 
     network = load_network(args.model, args.weights)
+    if args.no_registration:
+        network = without_registration(network)
+    label = model_label(args.model, not args.no_registration)
     fp32_path = Path(args.output) if args.precision == "fp32" else Path(args.output).with_suffix(".fp32.onnx")
-    export_network(network, fp32_path, model_name=args.model, opset=args.opset, exporter=args.exporter)
+    export_network(network, fp32_path, model_name=label, opset=args.opset, exporter=args.exporter)
     geometry = network_geometry(network)
     height, width = sample_size(geometry)
     sizes = [(height, width)] if geometry.fixed_size else [(height, width), (2 * height, height + width)]
     error = verify_export(network, fp32_path, sizes)
-    print(f"export: {args.model} fp32 -> {fp32_path} (ONNX Runtime vs PyTorch max |error| {error:.2e})")
+    print(f"export: {label} fp32 -> {fp32_path} (ONNX Runtime vs PyTorch max |error| {error:.2e})")
     if error > 1e-4:
         raise SkyfuseError(f"exported graph differs from PyTorch by {error:.2e} (> 1e-4)")
     # Precision is checked on frames of a realistic size: on the tiny export sizes a network that fits a

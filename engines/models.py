@@ -16,6 +16,7 @@ META_MODEL = "skyfuse.model"
 META_PRECISION = "skyfuse.precision"
 META_SIZE_MULTIPLE = "skyfuse.size_multiple"
 META_FIXED_SIZE = "skyfuse.fixed_size"  # "HxW", or "" when H and W are dynamic
+FUSION_ONLY = "-fusion-only"  # model-name suffix of a network exported with its registration off
 
 
 def load_network(model: str, weights: str | None = None, overrides: dict | None = None):
@@ -31,6 +32,35 @@ def load_network(model: str, weights: str | None = None, overrides: dict | None 
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SkyfuseError(f"model {model!r}: {exc}") from None
     return network.eval()
+
+
+def without_registration(network):
+    """`network` with its registration off (engines.networks.FusionOnly); SkyfuseError for a network that
+    does not register."""
+    from engines.networks import FusionOnly
+
+    return FusionOnly(network, network_geometry(network).size_multiple).eval()
+
+
+def model_label(model: str, registration: bool) -> str:
+    """The name a graph or engine of `model` carries: with FUSION_ONLY when its registration is off."""
+    return model if registration else model + FUSION_ONLY
+
+
+def engine_network(model: str, weights: str | None = None, network=None, registration: bool = True):
+    """(network, name) an engine runs: `network` when given (programmatic use), else `model` (+ `weights`);
+    with its registration off when `registration` is false."""
+    name = model_label(type(network).__name__ if network is not None else model, registration)
+    network = network if network is not None else load_network(model, weights)
+    return (network if registration else without_registration(network)), name
+
+
+def require_model_for(registration: bool, onnx_path) -> None:
+    """`registration=false` rebuilds the graph from the network: an ONNX file given as such has its
+    registration built in."""
+    if not registration and onnx_path is not None:
+        raise SkyfuseError(f"registration=false needs `model`, not an ONNX file ({onnx_path} has its "
+                           "registration built in; export one with `skyfuse export --no-registration`)")
 
 
 def network_geometry(network) -> Geometry:

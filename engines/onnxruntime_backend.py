@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES, LearnedEngine, Outputs
-from .models import load_graph, read_metadata
+from .models import load_graph, read_metadata, require_model_for
 
 
 class OnnxRuntimeBackend:
@@ -56,12 +56,14 @@ class OnnxRuntimeBackend:
 
 def create_onnxruntime_engine(model: str = "skyfuse-rt", onnx_path: str | None = None,
                               weights: str | None = None, precision: str = "fp32", threads: int = 0,
-                              provider: str = "auto") -> LearnedEngine:
-    """Engine from `onnx_path`, or from `model` (+ `weights`) exported once into the cache."""
+                              provider: str = "auto", registration: bool = True) -> LearnedEngine:
+    """Engine from `onnx_path`, or from `model` (+ `weights`) exported once into the cache;
+    `registration=False` turns the network's registration off (frames that arrive registered)."""
+    require_model_for(registration, onnx_path)
     if onnx_path is None:
         from .export import cached_export
 
-        onnx_path = cached_export(model, weights, precision)
+        onnx_path = cached_export(model, weights, precision, registration=registration)
     name, graph_precision, geometry = read_metadata(load_graph(onnx_path, load_weights=False))
     backend = OnnxRuntimeBackend(onnx_path, threads=threads, provider=provider)
     return LearnedEngine(backend, geometry, model=name or model, precision=graph_precision)

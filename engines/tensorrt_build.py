@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.errors import SkyfuseError
 
 from .learned import Geometry
-from .models import load_graph, read_metadata
+from .models import load_graph, read_metadata, require_model_for
 from .onnx_check import require_tensorrt_compatible
 from .tensorrt_cache import CacheKey, EngineCache, Profile, file_sha256, gpu_identity, tensorrt_major_minor
 
@@ -143,13 +143,15 @@ def ensure_engine(
 
 
 def resolve_onnx(
-    model: str, onnx_path: str | None, weights: str | None, precision: str
+    model: str, onnx_path: str | None, weights: str | None, precision: str, registration: bool = True
 ) -> tuple[Path, Geometry]:
-    """The ONNX to build from (exported and cached when only a model name is given) and its geometry."""
+    """The ONNX to build from (exported and cached when only a model name is given; `registration=False`:
+    with the network's registration off) and its geometry."""
+    require_model_for(registration, onnx_path)
     if onnx_path is None:
         from .export import cached_export
 
-        onnx_path = cached_export(model, weights, precision)
+        onnx_path = cached_export(model, weights, precision, registration=registration)
     _, _, geometry = read_metadata(load_graph(onnx_path, load_weights=False))
     return Path(onnx_path), geometry
 
@@ -162,6 +164,8 @@ def main(argv: list[str]) -> int:
     source.add_argument("--model", help="network name (exported to ONNX first), e.g. skyfuse-rt")
     source.add_argument("--onnx", help="an ONNX file from `skyfuse export`")
     parser.add_argument("--weights", help="trained weights for --model")
+    parser.add_argument("--no-registration", action="store_true",
+                        help="--model with its registration off (frames that arrive registered)")
     parser.add_argument(
         "--precision",
         choices=("fp32", "fp16"),
@@ -180,7 +184,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     import_tensorrt()  # fail before a possibly long export when TensorRT is missing
-    onnx_path, geometry = resolve_onnx(args.model, args.onnx, args.weights, args.precision)
+    onnx_path, geometry = resolve_onnx(args.model, args.onnx, args.weights, args.precision,
+                                       not args.no_registration)
     profile = Profile.from_options(geometry, args.batch, args.size, args.min_size, args.max_size)
     path = ensure_engine(
         onnx_path, profile, args.cache_dir or cache_dir(), force=args.force, workspace_mb=args.workspace_mb

@@ -176,8 +176,10 @@ def create_tensorrt_engine(
     max_size: str | None = None,
     cache_dir: str | None = None,
     force_build: bool = False,
+    registration: bool = True,
 ) -> LearnedEngine:
-    """Engine for `model` (exported, then built and cached on first use) or an exported `onnx_path`."""
+    """Engine for `model` (exported, then built and cached on first use) or an exported `onnx_path`;
+    `registration=False` turns the network's registration off."""
     from .export import cache_dir as default_cache_dir
     from .models import load_graph, read_metadata
     from .tensorrt_build import ensure_engine, import_tensorrt, resolve_onnx
@@ -187,7 +189,7 @@ def create_tensorrt_engine(
         import pycuda.driver  # noqa: F401
     except ImportError as exc:
         raise SkyfuseError(f"pycuda is not installed ({exc}); the tensorrt engine needs it") from None
-    path, geometry = resolve_onnx(model, onnx_path, weights, precision)
+    path, geometry = resolve_onnx(model, onnx_path, weights, precision, registration)
     profile = Profile.from_options(geometry, batch, size, min_size, max_size)
     engine_path = ensure_engine(path, profile, cache_dir or default_cache_dir(), force=force_build)
     name, graph_precision, _ = read_metadata(load_graph(path, load_weights=False))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .learned import LearnedEngine, Outputs
-from .models import load_network, network_geometry
+from .models import engine_network, network_geometry
 
 
 class TorchBackend:
@@ -35,9 +35,8 @@ class TorchBackend:
 
 
 def create_torch_engine(model: str = "skyfuse-rt", weights: str | None = None, network=None,
-                        threads: int = 0) -> LearnedEngine:
-    """Engine for `model` (+ `weights`), or for an nn.Module passed as `network` (programmatic use)."""
-    given = network is not None
-    network = network if given else load_network(model, weights)
-    name = type(network).__name__ if given else model
+                        threads: int = 0, registration: bool = True) -> LearnedEngine:
+    """Engine for `model` (+ `weights`), or for an nn.Module passed as `network` (programmatic use);
+    `registration=False` turns the network's registration off."""
+    network, name = engine_network(model, weights, network, registration)
     return LearnedEngine(TorchBackend(network, threads), network_geometry(network), model=name)

@@ -24,7 +24,7 @@ from pipeline.errors import SkyfuseError
 from .base import Engine, FusionResult, check_batch, check_unwarped
 from .device_warp import DeviceWarp
 from .learned import Geometry
-from .models import load_network, network_geometry
+from .models import engine_network, network_geometry
 
 MAX_GRAPHS = 8  # captured shapes kept (each holds its own input/output buffers)
 
@@ -164,10 +164,10 @@ class TorchCudaEngine(Engine):
 
 
 def create_torch_cuda_engine(model: str = "skyfuse-rt", weights: str | None = None, network=None,
-                             half: bool = True, cuda_graphs: bool = True, device: str = "cuda") -> Engine:
-    """Engine for `model` (+ `weights`), or an nn.Module passed as `network`."""
-    given = network is not None
-    network = network if given else load_network(model, weights)
-    name = type(network).__name__ if given else model
+                             half: bool = True, cuda_graphs: bool = True, device: str = "cuda",
+                             registration: bool = True) -> Engine:
+    """Engine for `model` (+ `weights`), or an nn.Module passed as `network`; `registration=False` turns
+    the network's registration off."""
+    network, name = engine_network(model, weights, network, registration)
     return TorchCudaEngine(network, network_geometry(network), model=name, half=half, cuda_graphs=cuda_graphs,
                            device=device)

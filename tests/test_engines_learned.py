@@ -98,6 +98,27 @@ def test_model_names_are_exported_once_into_the_cache(tmp_path, monkeypatch):
     assert np.array_equal(first.fuse(visible, thermal).fused, second.fuse(visible, thermal).fused)
 
 
+def test_registration_can_be_turned_off_for_frames_that_arrive_registered(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKYFUSE_CACHE", str(tmp_path))
+    visible = frames(1, 96, 128, seed=2)[0]
+    thermal = np.roll(cv2.cvtColor(visible[0], cv2.COLOR_BGR2GRAY), 4, axis=1)[None]  # 4 px to the right
+    registering = create_engine("onnxruntime", model="skyfuse-rt", threads=1)
+    fusing = create_engine("onnxruntime", model="skyfuse-rt", registration=False, threads=1)
+    assert registering.fuse(visible, thermal).flow[..., 0].mean() > 2.0
+    result = fusing.fuse(visible, thermal)
+    assert not result.flow.any() and np.abs(result.registered.astype(int) - thermal).max() <= 1
+    assert "model=skyfuse-rt-fusion-only" in fusing.describe()
+    reference = create_engine("torch", model="skyfuse-rt", registration=False).fuse(visible, thermal)
+    assert np.abs(reference.fused.astype(int) - result.fused).max() <= 1
+
+
+def test_registration_off_is_refused_where_it_cannot_apply(tiny_onnx):
+    with pytest.raises(SkyfuseError, match="registration=false needs `model`"):
+        create_engine("onnxruntime", onnx_path=str(tiny_onnx[1]), registration=False)
+    with pytest.raises(SkyfuseError, match="does not register"):
+        create_engine("torch", network=TinyFusionNet(), registration=False)
+
+
 class _AsyncBackend:
     """Records the order of submissions and completions, as a pipelined GPU backend would see them."""
 

@@ -96,6 +96,21 @@ def test_fuse_pair_writes_images_at_the_visible_size(tmp_path, tiny_weights):
     assert cv2.imread(str(tmp_path / "b.png")).shape == (72, 88, 3)
 
 
+def test_fuse_pair_without_registration_leaves_the_thermal_image_where_it_is(tmp_path):
+    visible, _ = scene(96, 128, seed=4)
+    visible_u8 = (visible * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "v.png"), cv2.cvtColor(visible_u8, cv2.COLOR_GRAY2BGR))
+    cv2.imwrite(str(tmp_path / "t.png"), np.roll(visible_u8, 4, axis=1))  # 4 px to the right
+    args = ["--visible", str(tmp_path / "v.png"), "--thermal", str(tmp_path / "t.png"), "--threads", "1",
+            "--output", str(tmp_path / "f.png"), "--save-flow", str(tmp_path / "flow.npy")]
+    assert fuse_pair_main(args) == 0
+    assert np.load(tmp_path / "flow.npy")[..., 0].mean() > 2.0  # the shipped network finds the shift
+    assert fuse_pair_main(args + ["--no-registration"]) == 0
+    assert not np.load(tmp_path / "flow.npy").any()
+    with pytest.raises(SkyfuseError, match="does not register"):
+        fuse_pair_main(args + ["--no-registration", "--model", "dae-fuse"])
+
+
 def test_fuse_pair_reports_missing_inputs(tmp_path):
     with pytest.raises(SkyfuseError, match="visible image not found"):
         fuse_pair_main(

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from engines import export
 from engines.export import export_network, verify_export
-from engines.models import network_geometry
+from engines.models import network_geometry, read_metadata
 from engines.onnx_check import opset_range, tensorrt_ops, tensorrt_problems
 from engines.precision import check_fp16_parity, convert_fp16_file
 from engines.quantize import CALIBRATION_SIZE
@@ -126,6 +126,19 @@ def test_export_command_writes_verified_fp32_and_fp16_graphs(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "ONNX Runtime vs PyTorch" in out and "fused vs fp32" in out
     assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m16.onnx").is_file()
+
+
+def test_export_command_exports_a_network_with_its_registration_off(tmp_path):
+    import onnxruntime as ort
+
+    path = tmp_path / "fusion.onnx"
+    assert export.main(["--model", "skyfuse-rt", "--no-registration", "--output", str(path)]) == 0
+    assert read_metadata(onnx.load(str(path)))[0] == "skyfuse-rt-fusion-only"
+    rng = torch.Generator().manual_seed(0)
+    visible, thermal = (torch.rand(1, 1, 64, 96, generator=rng).numpy() for _ in range(2))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, registered, flow = session.run(None, {"visible": visible, "thermal": thermal})
+    assert not flow.any() and abs(registered - thermal).max() < 1e-5
 
 
 def test_export_command_errors_are_user_errors(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import torch
 
 from calibration.rig import Rig
 from engines.colour import merge_luma, split_luma
-from engines.networks import NETWORKS, build_network, spec
+from engines.networks import NETWORKS, build_network, registers, spec
 from engines.registry import create_engine
 from pipeline.errors import SkyfuseError
 
@@ -50,12 +50,15 @@ def thermal_u8(image: np.ndarray, size: tuple[int, int], rig: Rig | None = None)
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR) if image.shape[::-1] != size else image
 
 
-def fuse_with_network(name: str, weights: str | None, visible: np.ndarray, thermal: np.ndarray):
+def fuse_with_network(name: str, weights: str | None, visible: np.ndarray, thermal: np.ndarray,
+                      registration: bool = True):
     network = build_network(name, weights=weights)
+    if not registration and not registers(network):
+        raise SkyfuseError(f"{name} does not register the thermal image: --no-registration does not apply")
     luma, ycrcb = split_luma(visible)
     to_tensor = lambda x: torch.from_numpy(x.astype(np.float32) / 255.0)[None, None]  # noqa: E731
     fused, registered, flow = run_network(
-        network, to_tensor(luma), to_tensor(thermal), spec(name).size_multiple
+        network, to_tensor(luma), to_tensor(thermal), spec(name).size_multiple, registration
     )
     return merge_luma(fused * 255.0, ycrcb), to_u8(registered), flow
 
@@ -75,6 +78,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--calibration", metavar="RIG_JSON",
                    help="rig file from `skyfuse calibrate`: pre-warp the thermal image into the visible "
                         "frame by its homography instead of resizing it")
+    p.add_argument("--no-registration", action="store_true",
+                   help="the pair arrives registered (e.g. by --calibration): fuse it with the network's "
+                        "registration off")
     p.add_argument("--save-registered", metavar="PNG", help="write the registered thermal image")
     p.add_argument("--save-flow", metavar="NPY", help="write the flow, (H, W, 2) float32 pixels")
     p.add_argument("--threads", type=int, default=2)
@@ -88,7 +94,8 @@ def main(argv: list[str]) -> int:
         fused = engine.fuse(visible[None], thermal[None]).fused[0]
         registered, flow = thermal, np.zeros(thermal.shape + (2,), np.float32)
     else:
-        fused, registered, flow = fuse_with_network(args.model, args.weights, visible, thermal)
+        fused, registered, flow = fuse_with_network(args.model, args.weights, visible, thermal,
+                                                    not args.no_registration)
     for path, image in ((args.output, fused), (args.save_registered, registered)):
         if path and not cv2.imwrite(path, image):
             raise SkyfuseError(f"cannot write {path}")

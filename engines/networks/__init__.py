@@ -74,6 +74,22 @@ def registers(network: nn.Module) -> bool:
     return hasattr(network, "fuse_registered")
 
 
+class FusionOnly(nn.Module):
+    """A registering network with its registration off: `forward` is its `fuse_registered`. For rigs whose
+    frames arrive registered (the rig homography leaves little to correct), where any flow the network
+    reads on a registered pair is its own error."""
+
+    def __init__(self, network: nn.Module, size_multiple: int):
+        super().__init__()
+        if not registers(network):
+            raise SkyfuseError(f"{type(network).__name__} does not register the thermal image: there is no "
+                               "registration to turn off")
+        self.network, self.size_multiple, self.config = network, size_multiple, network.config
+
+    def forward(self, visible: torch.Tensor, thermal: torch.Tensor):
+        return self.network.fuse_registered(visible, thermal)
+
+
 def default_weights(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.pt"
 
