@@ -9,7 +9,10 @@ frames, beside the method's own estimates of both.
 WiSARD (skipped when ../shared/data/wisard is absent): each sequence's frames are timed by their file
 numbers at an assumed 30 fps; the table gives the edge alignment (NCC of gradient magnitudes) and the
 mutual information of the thermal image and the warped visible image, before (plain resize) and after,
-the estimated offset, and writes the before/after overlay PNG under --out.
+the estimated offset, and writes the before/after overlay PNG under --out. A second table asks whether
+skyfuse-rt's learned registration still helps once the rig pre-warps the thermal frame into the visible
+one: the edge NCC in the visible frame (inside the thermal view) with the rig alone, after the network's
+flow, and after a control flow of the same size and the wrong pattern (the network's flow rotated by 180°).
 
     python benchmarks/calibration.py --json out/bench/calibration.json [--out out/calibration] [--quick]
 """
@@ -37,8 +40,11 @@ from calibration.overlay import before_after, write_png  # noqa: E402
 from calibration.rig import Rig  # noqa: E402
 from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs  # noqa: E402
 from calibration.synthetic_clips import synthetic_clips  # noqa: E402
+from engines.registry import create_engine  # noqa: E402
 from pipeline.errors import SkyfuseError  # noqa: E402
 from pipeline.synthetic import FlightConfig  # noqa: E402
+from training.fuse_pair import thermal_u8  # noqa: E402
+from training.synth import warp  # noqa: E402
 
 WISARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wisard"
 WISARD_FPS = 30.0  # assumed: the sample frames carry numbers, not times
@@ -115,7 +121,35 @@ def _alignment(visible: np.ndarray, thermal: np.ndarray, rig: Rig) -> tuple[floa
     )
 
 
-def wisard_row(sequence: Path, out: Path, fov_ratio: tuple[float, float] | None) -> dict:
+def network_residual(frames: list[tuple[np.ndarray, np.ndarray]], rig: Rig, engine) -> dict:
+    """Edge NCC (visible frame, inside the thermal view) of the rig pre-warp alone, after the network's
+    flow, and after the control flow; and the network's mean flow length."""
+    scores = []
+    for visible, thermal in frames:
+        size = visible.shape[1::-1]
+        prewarped = thermal_u8(thermal, size, rig)
+        view = thermal_u8(np.full(thermal.shape[:2], 255, np.uint8), size, rig)
+        view = cv2.erode(view, np.ones((41, 41), np.uint8))  # away from the view's edge and its zeros
+        flow = engine.fuse(visible[None], prewarped[None]).flow[0]
+        control = np.ascontiguousarray(-flow[::-1, ::-1])
+        edges = edge_strength(to_gray(visible)) ** 2
+        thermal_float = prewarped.astype(np.float32)
+        scores.append([ncc(edges, edge_strength(image) ** 2, view)
+                       for image in (thermal_float, warp(thermal_float, flow), warp(thermal_float, control))]
+                      + [float(np.linalg.norm(flow, axis=2)[view > 0].mean())])
+    scores = np.array(scores)
+    return {
+        "edge_ncc_rig": float(scores[:, 0].mean()),
+        "edge_ncc_network": float(scores[:, 1].mean()),
+        "edge_ncc_control": float(scores[:, 2].mean()),
+        "frames_improved_by_network": int((scores[:, 1] > scores[:, 0]).sum()),
+        "frames_improved_by_control": int((scores[:, 2] > scores[:, 0]).sum()),
+        "frames": len(scores),
+        "network_flow_px": float(scores[:, 3].mean()),
+    }
+
+
+def wisard_row(sequence: Path, out: Path, fov_ratio: tuple[float, float] | None, engine) -> dict:
     """Calibrate one sequence. `fov_ratio`: the search range, when a longer sequence of the same rig
     has already fixed it (the ratio of the fields of view is a property of the cameras)."""
     lists = _wisard_csvs(sequence, out)
@@ -148,6 +182,7 @@ def wisard_row(sequence: Path, out: Path, fov_ratio: tuple[float, float] | None)
     after = np.array([_alignment(v, t, rig) for v, t in frames])
     picture = out / f"{sequence.name}_overlay.png"
     write_png(picture, before_after(*frames[len(frames) // 2], rig))
+    row.update(network_residual(frames, rig, engine))
     row.update(
         {
             "edge_ncc_before": float(before[:, 0].mean()),
@@ -197,6 +232,13 @@ def _print_tables(synthetic: list[dict], wisard: list[dict]) -> None:
             )
             if "first_attempt_error" in r:
                 print(f"    first attempt refused ({r['first_attempt_error']}); offset 0 used")
+        print("\nWiSARD, skyfuse-rt after the rig pre-warp (edge NCC in the visible frame)")
+        print(f"{'sequence':<36} {'rig':>6} {'network':>8} {'control':>8} {'better':>7} {'flow px':>8}")
+        for r in wisard:
+            if "error" not in r:
+                better = f"{r['frames_improved_by_network']}/{r['frames']}"
+                print(f"{r['sequence']:<36} {r['edge_ncc_rig']:>6.3f} {r['edge_ncc_network']:>8.3f} "
+                      f"{r['edge_ncc_control']:>8.3f} {better:>7} {r['network_flow_px']:>8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = [synthetic_row(case, 4.0 if args.quick else args.seconds) for case in cases]
     sequences = sorted(p for p in WISARD.iterdir() if p.is_dir()) if WISARD.is_dir() else []
     wisard, fov_ratio = [], None
+    engine = create_engine("onnxruntime", model="skyfuse-rt", threads=2) if sequences else None
     for sequence in sorted(sequences, key=lambda p: -len(list((p / "thermal").iterdir()))):
-        row = wisard_row(sequence, args.out, fov_ratio)
+        row = wisard_row(sequence, args.out, fov_ratio, engine)
         if fov_ratio is None and row.get("fov_ratio"):
             fov_ratio = (0.85 * row["fov_ratio"], 1.15 * row["fov_ratio"])
         wisard.append(row)
