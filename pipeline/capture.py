@@ -9,9 +9,11 @@ always real time.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from .frame import EndOfStream, Frame
 from .sources import CorruptFrame, Source, open_source
@@ -85,6 +87,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epoch-from-stdin", action="store_true",
                         help="print 'ready' once the source is open, then read the epoch (ns) from stdin: "
                              "how `skyfuse run` starts both captures on one time base")
+    parser.add_argument("--summary", help="also write the final statistics here (JSON): how `skyfuse run` "
+                                          "reports a capture that ends after the fuse stage has finished")
     args = parser.parse_args(argv)
     die_with_parent()
     stop = stop_on_signals()
@@ -102,6 +106,8 @@ def main(argv: list[str]) -> int:
         close_transport()
     log(f"capture.{args.stream}", f"sent {summary['frames']} frames at {summary['fps']} fps, "
         f"drops {summary['drops'] or 'none'}")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps({f"capture.{args.stream}": summary}))
     return 0
 
 

@@ -143,7 +143,8 @@ class Launcher:
             argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode,
                     "--epoch-from-stdin"]
             # The visible stream sets the run's length; the thermal capture runs until the run ends.
-            argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps)
+            argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps,
+                           summary=self._capture_summary(stream))
             captures.append(StageProcess(f"capture.{stream}", argv))
         fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
                 "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
@@ -159,6 +160,28 @@ class Launcher:
                                        ("--colormap", c.colormap)) if on]
         # Receivers first: the sink, then the fuse stage, then the captures that feed it.
         return [StageProcess("sink", sink), StageProcess("fuse", fuse), *captures]
+
+    def _capture_summary(self, stream: str) -> Path:
+        return self.run_dir / f"capture.{stream}.json"
+
+    def _add_capture_summaries(self) -> None:
+        """The thermal capture runs until the run ends, after the fuse stage has passed the other stages'
+        final statistics on to the sink: add what the captures wrote themselves to the statistics file."""
+        stats_path = self.config.stats_path
+        try:
+            report = json.loads(stats_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # the sink wrote none; the run's exit code and messages say why
+        captures = {}
+        for stream in ("visible", "thermal"):
+            try:
+                captures.update(json.loads(self._capture_summary(stream).read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        report["stages"] = {**captures, **report["stages"]}  # captures first, the sink's copies win
+        partial = stats_path.with_name(stats_path.name + ".partial")
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+        partial.replace(stats_path)
 
     def _calibration(self) -> str | None:
         """The rig file to use: the given one, else the synthetic flight's known mapping."""
@@ -189,6 +212,7 @@ class Launcher:
             print(f"skyfuse run: error: stage {failed.name} {failed.exit_reason()}; stopping the others",
                   file=sys.stderr)
         self.shutdown()
+        self._add_capture_summaries()
         if failed:
             return 1
         crashed = [s for s in self.stages if s.process.returncode != 0]

@@ -66,9 +66,11 @@ def test_lossless_run_records_every_frame_at_the_source_rate(tmp_path):
     assert all(abs(r["thermal"]["dt_ms"]) <= 1000 / 18 + 1 for r in records)
     stats = stats_of(output)
     assert stats["frames_recorded"] == 90 and stats["complete"] and stats["drops_total"] == 0
-    assert {"capture.visible", "fuse", "sink"} <= set(stats["stages"])
+    assert list(stats["stages"]) == ["capture.visible", "capture.thermal", "fuse", "sink"]
+    assert stats["stages"]["capture.visible"]["frames"] == 90
+    assert stats["stages"]["capture.thermal"]["frames"] >= 27  # 3 s at 9 Hz; it runs until the run ends
     assert stats["stages"]["sink"]["latency"]["end_to_end"]["count"] == 90
-    assert "recorded 90 frames" in result.stdout
+    assert "recorded 90 frames" in result.stdout and "capture.thermal" in result.stdout
 
 
 def test_live_mode_with_a_slow_engine_keeps_latency_flat_and_counts_drops(tmp_path):
