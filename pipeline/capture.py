@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from .frame import EndOfStream, Frame
+from .keys import SENDER, add_keys_argument, link_keys
 from .sources import CorruptFrame, Source, open_source
 from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
 from .stats import StageStats
@@ -87,6 +88,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epoch-from-stdin", action="store_true",
                         help="print 'ready' once the source is open, then read the epoch (ns) from stdin: "
                              "how `skyfuse run` starts both captures on one time base")
+    add_keys_argument(parser)
     parser.add_argument("--summary", help="also write the final statistics here (JSON): how `skyfuse run` "
                                           "reports a capture that ends after the fuse stage has finished")
     args = parser.parse_args(argv)
@@ -97,7 +99,8 @@ def main(argv: list[str]) -> int:
     pace = (args.pace or ("max" if lossless else "native")) == "native"
     epoch_ns = _epoch_from_launcher() if args.epoch_from_stdin else args.epoch_ns
     epoch_ns = epoch_ns if epoch_ns is not None else time.monotonic_ns()
-    output = Sender(args.output, lossless=lossless, stamp="capture_sent", stop=stop)
+    output = Sender(args.output, lossless=lossless, stamp="capture_sent", stop=stop,
+                    keys=link_keys(args.keys, SENDER))
     try:
         summary = CaptureStage(source, output, pace=pace, epoch_ns=epoch_ns).run(stop)
     finally:

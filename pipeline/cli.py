@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuse": ("pipeline.cli:fuse_command", "run the fuse stage (--visible-in/--thermal-in), or fuse one "
                                           "image pair (--visible/--thermal files, as fuse-pair)"),
     "sink": ("pipeline.sink:main", "run the sink stage: HUD, recording, live view"),
+    "keys": ("pipeline.keys:main", "make the link keys that encrypt and authenticate tcp links"),
     "calibrate": ("calibration.cli:main", "estimate the rig file (geometry and time offset)"),
     "metrics": ("training.metrics:main", "fusion metrics for one visible/thermal/fused triple"),
     "train": ("training.trainer:main", "train a fusion network"),

@@ -31,6 +31,7 @@ from engines.registry import create_engine
 from .agc import ThermalAGC
 from .errors import SkyfuseError
 from .frame import EndOfStream, Frame
+from .keys import RECEIVER, SENDER, add_keys_argument, link_keys
 from .pairing import Pair, Pairer, PairingPolicy
 from .stage import add_mode_argument, die_with_parent, log, parse_options, stop_on_signals
 from .stats import StageStats
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-wait", type=float, default=0.0,
                         help="seconds a ready pair may wait for a batch to fill (default 0)")
     parser.add_argument("--no-thumbnails", action="store_true", help="do not send input thumbnails (PiP)")
+    add_keys_argument(parser)
     return parser
 
 
@@ -295,6 +297,7 @@ def main(argv: list[str]) -> int:
     rigs = [Rig.load(path) if path else None for path in calibrations] * (count // len(calibrations))
     lossless = args.mode == "lossless"
     size = parse_size(args.size) if args.size else None
+    keys = link_keys(args.keys, RECEIVER, SENDER)
     engine = create_engine(args.engine, **parse_options(args.engine_options, "--engine-options"))
     die_with_parent()
     stop = stop_on_signals()
@@ -308,10 +311,10 @@ def main(argv: list[str]) -> int:
                                        max_reuse=args.max_reuse, max_wait_s=None if lossless else 0.25)
             except ValueError as exc:
                 raise SkyfuseError(str(exc)) from None
-            links.append(Link(name, Receiver(vis, lossless=lossless, stamp="fuse_in", queue_size=4),
-                              Receiver(ir, lossless=lossless, stamp="fuse_in", queue_size=4),
-                              Sender(out, lossless=lossless, stamp="fuse_sent", stop=stop),
-                              Pairer(policy), rig))
+            inputs = [Receiver(endpoint, lossless=lossless, stamp="fuse_in", queue_size=4, keys=keys)
+                      for endpoint in (vis, ir)]
+            output = Sender(out, lossless=lossless, stamp="fuse_sent", stop=stop, keys=keys)
+            links.append(Link(name, *inputs, output, Pairer(policy), rig))
             log(links[-1].stats.stage, f"engine {engine.describe()}, pairing {policy.strategy}, "
                                        f"time offset {offset:+.3f} s")
         stage = FuseStage(links, engine, lossless=lossless, output_size=size, batch=args.batch,

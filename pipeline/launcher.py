@@ -57,6 +57,7 @@ class RunConfig:
     colormap: bool = False
     live_view: int | None = None  # port; 0 picks a free one
     transport: str = "ipc"  # ipc | tcp (loopback)
+    keys: str | None = None  # link keys folder (`skyfuse keys`): encrypted, authenticated links
     allow_unequal_length: bool = False
 
     def __post_init__(self):
@@ -144,18 +145,18 @@ class Launcher:
                     "--epoch-from-stdin"]
             # The visible stream sets the run's length; the thermal capture runs until the run ends.
             argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps,
-                           summary=self._capture_summary(stream))
+                           summary=self._capture_summary(stream), keys=c.keys)
             captures.append(StageProcess(f"capture.{stream}", argv))
         fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
                 "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
         fuse += _flags(calibration=self._calibration(), time_offset=c.time_offset, pairing=c.pairing,
-                       window=c.window, max_reuse=c.max_reuse, size=c.size)
+                       window=c.window, max_reuse=c.max_reuse, size=c.size, keys=c.keys)
         if c.engine_options:
             fuse += ["--engine-options", ",".join(f"{k}={v}" for k, v in c.engine_options.items())]
         if not c.pip:
             fuse.append("--no-thumbnails")
         sink = ["sink", "--input", ends["sink"], "--output", c.output, "--stats", str(c.stats_path), *mode]
-        sink += _flags(live_view=c.live_view)
+        sink += _flags(live_view=c.live_view, keys=c.keys)
         sink += [flag for flag, on in (("--no-hud", not c.hud), ("--no-pip", not c.pip),
                                        ("--colormap", c.colormap)) if on]
         # Receivers first: the sink, then the fuse stage, then the captures that feed it.
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, help="pairs fused per engine call")
     parser.add_argument("--live-view", type=int, metavar="PORT", help="MJPEG live view port on 127.0.0.1")
     parser.add_argument("--transport", choices=("ipc", "tcp"), help="links between stages (default ipc)")
+    parser.add_argument("--keys", metavar="DIR", help="link keys from `skyfuse keys`: encrypt the links")
     for flag, text in (("hud", "the HUD overlay"), ("pip", "picture-in-picture of the inputs"),
                        ("colormap", "false-colour thermal thumbnail")):
         parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=text)
@@ -367,12 +369,15 @@ def check_config(config: RunConfig) -> None:
     from calibration.rig import Rig
     from engines.registry import ENGINES
 
+    from .keys import RECEIVER, SENDER, load_keys
     from .sources import open_source
 
     if config.engine not in ENGINES and ":" not in config.engine:
         raise SkyfuseError(f"unknown engine {config.engine!r}; choose from {', '.join(sorted(ENGINES))}")
     if config.calibration:
         Rig.load(config.calibration)
+    if config.keys:
+        load_keys(config.keys).require(RECEIVER, SENDER)
 
     counts = {}
     for stream in ("visible", "thermal"):

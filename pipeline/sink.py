@@ -20,6 +20,7 @@ import numpy as np
 from .errors import SkyfuseError
 from .frame import EndOfStream, Frame, wall_ns
 from .hud import HudInfo, draw_hud, picture_in_picture, thermal_colormap
+from .keys import RECEIVER, add_keys_argument, link_keys
 from .liveview import LiveView
 from .recorder import Recorder, Sidecar
 from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
@@ -172,6 +173,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--live-view", type=int, default=None, metavar="PORT",
                         help="serve an MJPEG live view on http://127.0.0.1:PORT (0 picks a free port)")
     parser.add_argument("--live-view-host", default="127.0.0.1", help="address the live view listens on")
+    add_keys_argument(parser)
     parser.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
     args = parser.parse_args(argv)
     die_with_parent()
@@ -183,7 +185,8 @@ def main(argv: list[str]) -> int:
         live_view = LiveView(host=args.live_view_host, port=args.live_view)
         log("sink", f"live view on {live_view.url}")
     sidecar = args.sidecar or args.output.with_name(args.output.name + ".frames.jsonl")
-    port = Receiver(args.input, lossless=args.mode == "lossless", stamp="sink_in", queue_size=2)
+    port = Receiver(args.input, lossless=args.mode == "lossless", stamp="sink_in", queue_size=2,
+                    keys=link_keys(args.keys, RECEIVER))
     try:
         stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,
                           hud=not args.no_hud, pip=not args.no_pip, colormap=args.colormap,

@@ -14,7 +14,8 @@ process ends while the receiver's queue is full (back-pressure in lossless mode)
 Each port stamps the frames it passes (wall-clock ns under its `stamp` name), so latency can be split by
 hop. Ports: an input port (`Receiver`) binds its endpoint and an output port (`Sender`) connects to it, so
 a capture process on a drone connects out to a ground station that listens. Endpoints are ZeroMQ
-addresses: `ipc:///path` between processes on one machine, `tcp://host:port` between machines.
+addresses: `ipc:///path` between processes on one machine, `tcp://host:port` between machines. Given
+link keys (pipeline.keys), a link is CURVE-encrypted and the receiver admits only the deployment's senders.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import zmq
 
 from .errors import SkyfuseError
 from .frame import PIXEL_FORMATS, EndOfStream, Frame, pixel_format_of
+from .keys import RECEIVER, SENDER, LinkKeys
 
 MAGIC = "skyfuse"
 VERSION = 1
@@ -139,14 +141,33 @@ def _decode_image(spec, buffer: memoryview) -> tuple[str, np.ndarray]:
     return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
+_authenticator = None  # this process's ZAP handler, started by the first receiver with link keys
+
+
 def _context() -> zmq.Context:
     return zmq.Context.instance()
+
+
+def _admit_senders_of(keys: LinkKeys) -> None:
+    """Start this process's authenticator: CURVE connections are admitted only from the senders whose
+    public keys are in the key folder (without a ZAP handler libzmq would admit any client)."""
+    global _authenticator
+    if _authenticator is None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        _authenticator = ThreadAuthenticator(_context())
+        _authenticator.start()
+    _authenticator.configure_curve(domain="*", location=str(keys.folder))
 
 
 def close_transport() -> None:
     """Wait (up to each socket's linger time) until queued frames have left, then stop ZeroMQ. Call once
     at the end of a stage process after closing its ports: zero-copy frames are sent from ZeroMQ's I/O
     thread, and exiting before it is done would lose them or let it read freed memory."""
+    global _authenticator
+    if _authenticator is not None:
+        _authenticator.stop()
+        _authenticator = None
     zmq.Context.instance().term()
 
 
@@ -155,11 +176,16 @@ class Sender:
     live mode never blocks: a frame that finds the queue full is dropped and counted."""
 
     def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "sent", high_water_mark: int = 4,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, keys: LinkKeys | None = None):
         self.endpoint, self.lossless, self.stop, self.stamp = endpoint, lossless, stop, stamp
         self.drops: Counter[str] = Counter()
+        secret = keys.secret(SENDER) if keys is not None else None  # before a socket exists to leak
         self.socket = _context().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
+        if keys is not None:  # CURVE client: talks only to the receiver that holds the receiver secret
+            self.socket.curve_secretkey = secret
+            self.socket.curve_publickey = keys.sender_public
+            self.socket.curve_serverkey = keys.receiver_public
         self.socket.connect(endpoint)
 
     def send(self, frame: Frame) -> bool:
@@ -215,17 +241,24 @@ class Receiver:
     """
 
     def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "received", queue_size: int = 2,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, high_water_mark: int = 4):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, high_water_mark: int = 4,
+                 keys: LinkKeys | None = None):
         self.endpoint, self.lossless, self.stamp = endpoint, lossless, stamp
         self.queue_size, self.max_message_bytes = queue_size, max_message_bytes
         self.drops: Counter[str] = Counter()
         self.last_error = ""
         self.queue: deque[Frame | EndOfStream] = deque()
+        secret = keys.secret(RECEIVER) if keys is not None else None  # before a socket exists to leak
         self.socket = _context().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 0)
         # A backstop against memory exhaustion; messages under it but over the limit are counted in decode.
         self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
+        if keys is not None:  # CURVE server: encrypted, and only the key folder's senders get in
+            _admit_senders_of(keys)
+            self.socket.curve_server = True
+            self.socket.curve_secretkey = secret
+            self.socket.curve_publickey = keys.receiver_public
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:

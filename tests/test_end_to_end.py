@@ -237,6 +237,7 @@ def test_stages_started_alone_drop_and_count_malformed_messages(tmp_path):
     (["--calibration", "{bad_rig}"], "calibration file"),
     (["--config", "{bad_config}"], "unknown option(s) colour"),
     (["--output", "{tmp}/video.avi"], "use a .mp4 or .mkv"),
+    (["--keys", "{tmp}/no-keys"], "link keys folder not found"),
 ])
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path, args, message):
     (tmp_path / "empty").mkdir()
@@ -254,6 +255,25 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path, args, mess
     assert len(lines) == 1 and lines[0].startswith("skyfuse run: error:"), result.stderr
     assert message in lines[0]
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_run_over_tcp_with_link_keys_records_every_frame(tmp_path):
+    keys = tmp_path / "keys"
+    made = skyfuse("keys", str(keys))
+    assert made.returncode == 0 and sorted(p.name for p in keys.iterdir()) == [
+        "receiver.key", "receiver.key_secret", "sender.key", "sender.key_secret"]
+    output = tmp_path / "fused.mp4"
+    result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal", f"synthetic:{SMALL}",
+                     "--frames", "30", "--mode", "lossless", "--transport", "tcp", "--keys", str(keys),
+                     "--engine", "blend", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert read_video(output).frames == 30 and stats_of(output)["drops_total"] == 0
+    # Every stage got the keys: one stage without them could not talk to the others at all.
+    from pipeline.launcher import Launcher, RunConfig
+
+    plan = Launcher(RunConfig(keys=str(keys), transport="tcp"), tmp_path).stages
+    keyed = [stage.name for stage in plan if "--keys" in stage.argv]
+    assert keyed == ["sink", "fuse", "capture.visible", "capture.thermal"]
 
 
 def test_one_fuse_stage_serves_two_camera_pairs_in_batched_engine_calls(tmp_path):

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import zmq
 
+from pipeline.errors import SkyfuseError
 from pipeline.frame import EndOfStream, Frame
-from pipeline.wire import ACK, VERSION, Receiver, Sender, WireError, decode, encode
+from pipeline.keys import LinkKeys, create_keys, load_keys
+from pipeline.wire import ACK, VERSION, Receiver, Sender, WireError, close_transport, decode, encode
 
 
 def make_frame(**overrides) -> Frame:
@@ -185,3 +187,57 @@ def test_tcp_link_carries_frames(tmp_path):
         sender.close()
         receiver.close()
     assert message.seq == 3 and message.stamps.keys() >= {"capture", "sent", "received"}
+
+
+@pytest.fixture
+def keyed_tcp(tmp_path):
+    """A CURVE receiver on a loopback tcp port with the deployment's keys, and its address; the
+    transport (with its authenticator thread) is shut down afterwards."""
+    keys = load_keys(create_keys(tmp_path / "keys"))
+    receiver = Receiver("tcp://127.0.0.1:*", lossless=True, keys=keys)
+    yield keys, receiver, receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+    receiver.close()
+    close_transport()
+
+
+def test_a_keyed_link_carries_frames_encrypted(keyed_tcp):
+    keys, receiver, address = keyed_tcp
+    sender = Sender(address, lossless=True, keys=keys)
+    try:
+        sender.send(make_frame(seq=5))
+        message = receiver.recv(3000)
+    finally:
+        sender.close()
+    assert message is not None and message.seq == 5
+    assert np.array_equal(message.image, make_frame().image)
+
+
+def test_a_keyed_receiver_admits_no_sender_without_the_deployments_key(keyed_tcp, tmp_path):
+    keys, receiver, address = keyed_tcp
+    other = load_keys(create_keys(tmp_path / "other"))
+    # An intruder who knows the receiver's public key but holds another sender key, and a plain sender.
+    intruder = LinkKeys(other.folder, keys.receiver_public, None, other.sender_public, other.sender_secret)
+    senders = [Sender(address, lossless=False, keys=intruder), Sender(address, lossless=False)]
+    try:
+        for sender in senders:
+            sender.send(make_frame(seq=9))
+        assert receiver.recv(1500) is None
+    finally:
+        for sender in senders:
+            sender.close()
+
+
+def test_link_keys_errors_name_the_missing_piece(tmp_path):
+    with pytest.raises(SkyfuseError, match="link keys folder not found"):
+        load_keys(tmp_path / "none")
+    folder = create_keys(tmp_path / "keys")
+    with pytest.raises(SkyfuseError, match="already holds keys"):
+        create_keys(folder)
+    (folder / "receiver.key_secret").unlink()  # a drone: it only sends
+    drone = load_keys(folder)
+    assert drone.require("sender") is drone
+    with pytest.raises(SkyfuseError, match="no receiver.key_secret"):
+        Receiver("tcp://127.0.0.1:*", lossless=True, keys=drone)
+    (folder / "receiver.key").unlink()
+    with pytest.raises(SkyfuseError, match="receiver.key is missing"):
+        load_keys(folder)
