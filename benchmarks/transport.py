@@ -2,7 +2,8 @@
 
 For each frame kind: latency of one hop (send call -> frame decoded in the receiving process, wall
 clock, same machine) at 30 fps, and unpaced throughput; the same for an in-process memcpy and for a
-shared-memory handoff between two processes (copy into shared memory + wake the reader through a pipe).
+shared-memory handoff between two processes (copy into shared memory + wake the reader through a pipe);
+and a tcp hop encrypted with link keys (CURVE), to show what encryption costs.
 
     python benchmarks/transport.py --json out/bench/transport.json [--frames 300]
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.frame import Frame
-from pipeline.wire import Receiver, Sender
+from pipeline.keys import create_keys, link_keys
+from pipeline.wire import Receiver, Sender, close_transport
 
 KINDS = {"640x512 bgr8": (512, 640, 3), "640x512 gray16": (512, 640), "1920x1080 bgr8": (1080, 1920, 3)}
 DTYPES = {"640x512 gray16": np.uint16}
@@ -33,8 +35,8 @@ def _image(kind: str) -> np.ndarray:
     return rng.integers(0, np.iinfo(dtype).max, KINDS[kind], dtype=dtype)
 
 
-def _zmq_receiver(endpoint: str, count: int, results) -> None:
-    port = Receiver(endpoint, lossless=True, queue_size=count)
+def _zmq_receiver(endpoint: str, count: int, results, keys: str | None) -> None:
+    port = Receiver(endpoint, lossless=True, queue_size=count, keys=link_keys(keys))
     latencies = []
     for _ in range(count):
         frame = port.recv(10_000)
@@ -42,16 +44,17 @@ def _zmq_receiver(endpoint: str, count: int, results) -> None:
             break
         latencies.append((time.time_ns() - frame.stamps["sent"]) / 1e6)
     port.close()
+    close_transport()
     results.put(latencies)
 
 
-def zmq_hop(endpoint: str, kind: str, count: int, fps: float | None) -> dict:
+def zmq_hop(endpoint: str, kind: str, count: int, fps: float | None, keys: str | None = None) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    receiver = ctx.Process(target=_zmq_receiver, args=(endpoint, count, results))
+    receiver = ctx.Process(target=_zmq_receiver, args=(endpoint, count, results, keys))
     receiver.start()
     time.sleep(0.5)
-    sender = Sender(endpoint, lossless=True, high_water_mark=8)
+    sender = Sender(endpoint, lossless=True, high_water_mark=8, keys=link_keys(keys))
     image = _image(kind)
     started = time.perf_counter()
     for seq in range(count):
@@ -131,14 +134,16 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="skyfuse-bench-") as tmp:
+        keys = str(create_keys(Path(tmp) / "keys"))
         for kind in KINDS:
             ipc = f"ipc://{tmp}/{kind.replace(' ', '_')}"
             measured = {
                 "memcpy (in process)": memcpy(kind, args.frames),
                 "shared memory @30fps": shm_handoff(kind, args.frames, 30.0),
                 "zmq ipc @30fps": zmq_hop(ipc + "_paced", kind, args.frames, 30.0),
-                "zmq tcp @30fps": zmq_hop("tcp://127.0.0.1:*".replace("*", str(_free_port())), kind,
-                                          args.frames, 30.0),
+                "zmq tcp @30fps": zmq_hop(f"tcp://127.0.0.1:{_free_port()}", kind, args.frames, 30.0),
+                "zmq tcp+CURVE @30fps": zmq_hop(f"tcp://127.0.0.1:{_free_port()}", kind, args.frames, 30.0,
+                                                keys),
                 "shared memory max": shm_handoff(kind, args.frames, None),
                 "zmq ipc max": zmq_hop(ipc + "_max", kind, args.frames, None),
             }
