@@ -58,6 +58,7 @@ def create_keys(folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in (RECEIVER, SENDER):
         zmq.auth.create_certificates(str(folder), name)
+        (folder / f"{name}.key_secret").chmod(0o600)  # readable by its owner only
     return folder
 
 

@@ -231,6 +231,7 @@ def test_link_keys_errors_name_the_missing_piece(tmp_path):
     with pytest.raises(SkyfuseError, match="link keys folder not found"):
         load_keys(tmp_path / "none")
     folder = create_keys(tmp_path / "keys")
+    assert (folder / "sender.key_secret").stat().st_mode & 0o777 == 0o600
     with pytest.raises(SkyfuseError, match="already holds keys"):
         create_keys(folder)
     (folder / "receiver.key_secret").unlink()  # a drone: it only sends
