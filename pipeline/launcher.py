@@ -369,15 +369,14 @@ def check_config(config: RunConfig) -> None:
     from calibration.rig import Rig
     from engines.registry import ENGINES
 
-    from .keys import RECEIVER, SENDER, load_keys
+    from .keys import RECEIVER, SENDER, link_keys
     from .sources import open_source
 
     if config.engine not in ENGINES and ":" not in config.engine:
         raise SkyfuseError(f"unknown engine {config.engine!r}; choose from {', '.join(sorted(ENGINES))}")
     if config.calibration:
         Rig.load(config.calibration)
-    if config.keys:
-        load_keys(config.keys).require(RECEIVER, SENDER)
+    link_keys(config.keys, RECEIVER, SENDER)
 
     counts = {}
     for stream in ("visible", "thermal"):
