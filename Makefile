@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/calibration.py --json out/bench/calibration.json
 	$(BIN)/python benchmarks/metrics_reference.py --json out/bench/metrics.json
 	$(BIN)/python benchmarks/registration_stages.py --json out/bench/registration_stages.json
+	$(BIN)/python benchmarks/registration_floor.py --json out/bench/registration_floor.json
 
 clean:
 	rm -rf $(VENV) out

@@ -26,8 +26,6 @@ Skipped (exit 0, with a message) when the RoadScene folder is absent.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -39,14 +37,14 @@ import torch.nn.functional as F
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from engines.networks import build_network, pad_to_multiple  # noqa: E402
-from training.data import find_pairs, load_pair, pair_seed, split  # noqa: E402
+from benchmarks import roadscene  # noqa: E402
+from engines.networks import pad_to_multiple  # noqa: E402
+from training.data import load_pair, pair_seed  # noqa: E402
 from training.dataset import sample_from, to_tensors  # noqa: E402
 from training.losses import end_point_error  # noqa: E402
 from training.metrics import pearson  # noqa: E402
 from training.synth import MisalignConfig, warp  # noqa: E402
 
-ROADSCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "roadscene"
 CLASSICAL_SEARCH = 16  # px, the classical matcher's search radius (the network's first fit: ±16 px too)
 SECOND_DEFORMATION_SEED = 1  # pair_seed's seed for the self-consistency input (the test set uses the default)
 NCC_BORDER = 16  # px left out of the aligned-pair gradient NCC (where a warp pulls in the zero outside)
@@ -191,26 +189,16 @@ def measure_pair(network, pair, config: MisalignConfig) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", default=str(ROADSCENE), help="RoadScene folder")
-    parser.add_argument("--weights", help="skyfuse-rt weights (default: the shipped ones)")
-    parser.add_argument("--pairs", type=int, default=100, help="first N test pairs")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
-    if not Path(args.data).is_dir():
-        print(f"skipped: no RoadScene folder at {args.data}")
+    args = roadscene.parser(__doc__).parse_args(argv)
+    loaded = roadscene.network_and_test_pairs(args)
+    if loaded is None:
         return 0
-    torch.set_num_threads(args.threads)
-    network = build_network("skyfuse-rt", weights=args.weights).eval()
-    _, test = split(find_pairs(args.data))
-    pairs = [load_pair(p) for p in test[: args.pairs]]
+    network, test = loaded
+    pairs = [load_pair(p) for p in test]
     rows = [measure_pair(network, pair, MisalignConfig()) for pair in pairs]
     for row, aligned in zip(rows, aligned_pair_check(pairs, [aligned_flow(network, p) for p in pairs])):
         row.update(aligned)
-    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    means = roadscene.column_means(rows)
     print(f"skyfuse-rt registration stages, RoadScene misaligned test ({len(rows)} pairs), px")
     for key, label in COLUMNS.items():
         print(f"  {label:<52} {means[key]:6.2f}")
@@ -221,10 +209,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{means['aligned_gradient_ncc']:.3f} as they are, {means['aligned_gradient_ncc_own_flow']:.3f} "
           f"warped by that flow (higher on {own} of {len(rows)} pairs), "
           f"{means['aligned_gradient_ncc_other_flow']:.3f} by another pair's (higher on {other})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"pairs": len(rows), "weights": args.weights or "shipped"}
-        Path(args.json).write_text(json.dumps({"meta": meta, "means": means, "rows": rows}, indent=1))
+    roadscene.write_json(args, means, rows)
     return 0
 
 
