@@ -1,7 +1,9 @@
 """Live view for a ground station: the sink's latest frame and stats served over HTTP.
 
 Routes: `/` (a page with the stream and the stats), `/stream.mjpg` (MJPEG, multipart/x-mixed-replace),
-`/snapshot.jpg` (one fresh JPEG) and `/stats.json` (the dict the sink last published).
+`/snapshot.jpg` (one fresh JPEG) and `/stats.json` (the dict the sink last published). With an access
+token every route needs it, as `?token=...` (what a browser can send) or `Authorization: Bearer ...`;
+anything else gets 401 and no video.
 
 The pipeline never waits on a viewer: `publish` stores the stats and, only while someone is watching
 and at most `max_fps` times a second, hands a copy of the image to an encoder thread (OpenCV releases
@@ -11,12 +13,16 @@ slow viewer skips frames instead of queueing them.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import secrets
 import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
 import numpy as np
@@ -27,10 +33,10 @@ BOUNDARY = "skyfuseframe"
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>skyfuse live view</title>
 <style>body{background:#111;color:#ddd;font-family:monospace;margin:1em}img{max-width:100%}</style></head>
-<body><img src="/stream.mjpg" alt="live stream"><pre id="stats">waiting for stats...</pre>
+<body><img src="/stream.mjpg%QUERY%" alt="live stream"><pre id="stats">waiting for stats...</pre>
 <script>
 async function poll() {
-  try { const r = await fetch("/stats.json", {cache: "no-store"});
+  try { const r = await fetch("/stats.json%QUERY%", {cache: "no-store"});
         document.getElementById("stats").textContent = JSON.stringify(await r.json(), null, 2); }
   catch (e) { document.getElementById("stats").textContent = "no connection"; }
   setTimeout(poll, 1000);
@@ -48,6 +54,20 @@ class LiveViewConfig:
     snapshot_linger_s: float = 2.0  # keep encoding this long after a snapshot (a page polling snapshots)
 
 
+def access_token(host: str, token: str | None) -> str | None:
+    """The live view's token: `token` if given; none on a loopback address (only this machine can connect);
+    a fresh random one on any other address, so a drone's video is never open to its whole network."""
+    if token is not None:
+        if not token:
+            raise SkyfuseError("the live view token is empty; give one, or leave the option out")
+        return token
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        loopback = False
+    return None if loopback else secrets.token_urlsafe(16)
+
+
 def _json_default(value):
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
@@ -55,10 +75,14 @@ def _json_default(value):
 
 
 class LiveView:
-    """HTTP server on `host:port` (port 0 picks a free one; `.url` says which) in background threads."""
+    """HTTP server on `host:port` (port 0 picks a free one; `.url` says which, with the token) in background
+    threads; with `token`, only requests that carry it are served."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: LiveViewConfig | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, config: LiveViewConfig | None = None,
+                 token: str | None = None):
         self.config = config or LiveViewConfig()
+        self.token = token
+        self.query = f"?token={quote(token, safe='')}" if token else ""
         self._cond = threading.Condition()
         self._pending: np.ndarray | None = None  # newest image waiting for the encoder
         self._jpeg: bytes | None = None
@@ -74,7 +98,7 @@ class LiveView:
             raise SkyfuseError(f"cannot serve the live view on {host}:{port}: {exc.strerror or exc}") from exc
         self._server.live_view = self
         self.host, self.port = self._server.server_address[:2]
-        self.url = f"http://{host}:{self.port}/"
+        self.url = f"http://{host}:{self.port}/{self.query}"
         # a short poll interval lets close() stop the server within 50 ms
         self._threads = [threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
                                           name="liveview-http"),
@@ -122,6 +146,12 @@ class LiveView:
             current = self._jpeg_id
         return self.next_jpeg(current, self.config.snapshot_wait_s)[1]
 
+    def admits(self, given: str | None) -> bool:
+        """Whether a request carrying `given` (None: no token) may see the view."""
+        if self.token is None:
+            return True
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
     def stats_json(self) -> bytes:
         return json.dumps(self._stats, default=_json_default).encode()
 
@@ -164,9 +194,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (the name http.server dispatches to)
         view = self.server.live_view
-        route = self.path.split("?")[0]
-        if route == "/":
-            self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
+        url = urlsplit(self.path)
+        route = url.path
+        if not view.admits(self._token(url.query)):
+            self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"live view: missing or wrong access token\n")
+        elif route == "/":
+            page = PAGE.replace("%QUERY%", view.query)  # the page's own requests carry the token too
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", page.encode())
         elif route == "/stats.json":
             self._send(HTTPStatus.OK, "application/json", view.stats_json())
         elif route == "/snapshot.jpg":
@@ -179,6 +213,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(view)
         else:
             self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+
+    def _token(self, query: str) -> str | None:
+        """The token the request carries: `?token=` or an `Authorization: Bearer` header."""
+        header = self.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return header.removeprefix("Bearer ").strip()
+        return parse_qs(query).get("token", [None])[0]
 
     def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
         self.send_response(status)

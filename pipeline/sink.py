@@ -21,7 +21,7 @@ from .errors import SkyfuseError
 from .frame import EndOfStream, Frame, wall_ns
 from .hud import HudInfo, draw_hud, picture_in_picture, thermal_colormap
 from .keys import RECEIVER, add_keys_argument, link_keys
-from .liveview import LiveView
+from .liveview import LiveView, access_token
 from .recorder import Recorder, Sidecar
 from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
 from .stats import StageStats
@@ -173,6 +173,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--live-view", type=int, default=None, metavar="PORT",
                         help="serve an MJPEG live view on http://127.0.0.1:PORT (0 picks a free port)")
     parser.add_argument("--live-view-host", default="127.0.0.1", help="address the live view listens on")
+    parser.add_argument("--live-view-token", default=None, metavar="TOKEN",
+                        help="access token the live view asks for (default: none on a loopback address, a "
+                             "random one, shown in the logged URL, on any other)")
     add_keys_argument(parser)
     parser.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
     args = parser.parse_args(argv)
@@ -182,7 +185,8 @@ def main(argv: list[str]) -> int:
         raise SkyfuseError(f"cannot record to {args.output}: use a .mp4 or .mkv file name")
     live_view = None
     if args.live_view is not None:
-        live_view = LiveView(host=args.live_view_host, port=args.live_view)
+        live_view = LiveView(host=args.live_view_host, port=args.live_view,
+                             token=access_token(args.live_view_host, args.live_view_token))
         log("sink", f"live view on {live_view.url}")
     sidecar = args.sidecar or args.output.with_name(args.output.name + ".frames.jsonl")
     port = Receiver(args.input, lossless=args.mode == "lossless", stamp="sink_in", queue_size=2,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SkyfuseError
-from pipeline.liveview import BOUNDARY, LiveView, LiveViewConfig
+from pipeline.liveview import BOUNDARY, LiveView, LiveViewConfig, access_token
 
 SHAPE = (64, 96, 3)
 
@@ -27,7 +27,17 @@ def frame(i: int) -> np.ndarray:
 
 @pytest.fixture
 def view():
-    live = LiveView(port=0, config=LiveViewConfig(max_fps=50))
+    yield from publishing(LiveView(port=0, config=LiveViewConfig(max_fps=50)))
+
+
+@pytest.fixture
+def guarded_view():
+    yield from publishing(LiveView(host="127.0.0.1", port=0, config=LiveViewConfig(max_fps=50),
+                                   token="s3cret/+"))
+
+
+def publishing(live: LiveView):
+    """`live`, fed frames at 100 Hz by a stand-in for the sink while the test runs, closed after it."""
     stop = threading.Event()
 
     def publish():  # stands in for the sink: frames at 100 Hz
@@ -124,3 +134,34 @@ def test_close_ends_open_streams(view):
     view.close()
     response.read()  # returns at the end of the response; a stream left hanging would time out
     response.close()
+
+
+def test_with_a_token_only_requests_that_carry_it_get_video_or_stats(guarded_view):
+    live = guarded_view
+    bare = f"http://127.0.0.1:{live.port}/"
+    for route in ("", "stream.mjpg", "snapshot.jpg", "stats.json"):
+        for query in ("", "?token=wrong", "?token="):
+            with pytest.raises(urllib.error.HTTPError, match="401"):
+                get(bare + route + query)
+    assert live.url == bare + "?token=s3cret%2F%2B", "the logged URL opens the page"
+    content_type, page = get(live.url)
+    assert content_type.startswith("text/html")
+    assert b"/stream.mjpg?token=s3cret%2F%2B" in page and b"/stats.json?token=s3cret%2F%2B" in page
+    content_type, body = get(bare + "snapshot.jpg" + live.query)
+    assert content_type == "image/jpeg" and decode(body).shape == SHAPE
+    with urllib.request.urlopen(bare + "stream.mjpg" + live.query, timeout=5) as stream:
+        assert stream.readline() == f"--{BOUNDARY}\r\n".encode()
+    request = urllib.request.Request(bare + "stats.json", headers={"Authorization": "Bearer s3cret/+"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert "fps" in json.loads(response.read())
+
+
+def test_a_token_is_made_up_for_any_address_but_loopback():
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        assert access_token(loopback, None) is None
+    first, second = access_token("0.0.0.0", None), access_token("192.168.1.20", None)
+    assert first and second and first != second and len(first) >= 16
+    assert access_token("ground-station.local", None), "a host name may resolve to any interface"
+    assert access_token("0.0.0.0", "chosen") == "chosen" and access_token("127.0.0.1", "chosen") == "chosen"
+    with pytest.raises(SkyfuseError, match="live view token is empty"):
+        access_token("0.0.0.0", "")
