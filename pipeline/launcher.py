@@ -56,6 +56,8 @@ class RunConfig:
     pip: bool = True
     colormap: bool = False
     live_view: int | None = None  # port; 0 picks a free one
+    live_view_host: str | None = None  # address it listens on (default: loopback only)
+    live_view_token: str | None = None  # access token (default: a random one off the loopback address)
     transport: str = "ipc"  # ipc | tcp (loopback)
     keys: str | None = None  # link keys folder (`skyfuse keys`): encrypted, authenticated links
     allow_unequal_length: bool = False
@@ -67,6 +69,13 @@ class RunConfig:
             raise SkyfuseError(f"transport must be ipc or tcp, got {self.transport!r}")
         if Path(self.output).suffix.lower() not in (".mp4", ".mkv"):
             raise SkyfuseError(f"cannot record to {self.output}: use a .mp4 or .mkv file name")
+        if self.live_view is None and (self.live_view_host or self.live_view_token) is not None:
+            raise SkyfuseError("a live view host or token needs a live view: add --live-view PORT "
+                               "(live_view in a YAML config)")
+        if self.live_view_token is not None:
+            from .liveview import access_token  # (OpenCV only when asked)
+
+            access_token(self.live_view_host or "127.0.0.1", self.live_view_token)  # refuses a bad one now
 
     @property
     def stats_path(self) -> Path:
@@ -156,7 +165,8 @@ class Launcher:
         if not c.pip:
             fuse.append("--no-thumbnails")
         sink = ["sink", "--input", ends["sink"], "--output", c.output, "--stats", str(c.stats_path), *mode]
-        sink += _flags(live_view=c.live_view, keys=c.keys)
+        sink += _flags(live_view=c.live_view, live_view_host=c.live_view_host,
+                       live_view_token=c.live_view_token, keys=c.keys)
         sink += [flag for flag, on in (("--no-hud", not c.hud), ("--no-pip", not c.pip),
                                        ("--colormap", c.colormap)) if on]
         # Receivers first: the sink, then the fuse stage, then the captures that feed it.
@@ -334,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-offset", type=float, help="seconds added to thermal times")
     parser.add_argument("--batch", type=int, help="pairs fused per engine call")
     parser.add_argument("--live-view", type=int, metavar="PORT", help="MJPEG live view port on 127.0.0.1")
+    parser.add_argument("--live-view-host", metavar="ADDRESS",
+                        help="address the live view listens on instead (it then asks for a token)")
+    parser.add_argument("--live-view-token", metavar="TOKEN",
+                        help="the live view's access token (default: random, in the logged URL)")
     parser.add_argument("--transport", choices=("ipc", "tcp"), help="links between stages (default ipc)")
     parser.add_argument("--keys", metavar="DIR", help="link keys from `skyfuse keys`: encrypt the links")
     for flag, text in (("hud", "the HUD overlay"), ("pip", "picture-in-picture of the inputs"),

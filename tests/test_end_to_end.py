@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -238,6 +239,8 @@ def test_stages_started_alone_drop_and_count_malformed_messages(tmp_path):
     (["--config", "{bad_config}"], "unknown option(s) colour"),
     (["--output", "{tmp}/video.avi"], "use a .mp4 or .mkv"),
     (["--keys", "{tmp}/no-keys"], "link keys folder not found"),
+    (["--live-view", "0", "--live-view-token", ""], "live view token is empty"),
+    (["--live-view-host", "0.0.0.0"], "needs a live view: add --live-view PORT"),
 ])
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path, args, message):
     (tmp_path / "empty").mkdir()
@@ -257,7 +260,7 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path, args, mess
     assert not (tmp_path / "out.mp4").exists()
 
 
-def test_a_run_over_tcp_with_link_keys_records_every_frame(tmp_path):
+def test_a_run_over_tcp_with_link_keys_and_a_guarded_live_view_records_every_frame(tmp_path):
     keys = tmp_path / "keys"
     made = skyfuse("keys", str(keys))
     assert made.returncode == 0 and sorted(p.name for p in keys.iterdir()) == [
@@ -265,9 +268,12 @@ def test_a_run_over_tcp_with_link_keys_records_every_frame(tmp_path):
     output = tmp_path / "fused.mp4"
     result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal", f"synthetic:{SMALL}",
                      "--frames", "30", "--mode", "lossless", "--transport", "tcp", "--keys", str(keys),
-                     "--engine", "blend", "--output", str(output))
+                     "--engine", "blend", "--output", str(output), "--live-view", "0",
+                     "--live-view-host", "0.0.0.0")
     assert result.returncode == 0, result.stderr
     assert read_video(output).frames == 30 and stats_of(output)["drops_total"] == 0
+    logged_url = re.search(r"live view on http://0\.0\.0\.0:\d+/\?token=[\w-]{16,}", result.stderr)
+    assert logged_url, "a live view off the loopback address asks for a token, and the log says it"
     # Every stage got the keys: one stage without them could not talk to the others at all.
     from pipeline.launcher import Launcher, RunConfig
 
