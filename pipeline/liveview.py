@@ -81,8 +81,8 @@ class LiveView:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, config: LiveViewConfig | None = None,
                  token: str | None = None):
         self.config = config or LiveViewConfig()
-        self.token = token
-        self.query = f"?token={quote(token, safe='')}" if token else ""
+        self.token = token or None  # an empty token would admit an empty answer
+        self.query = f"?token={quote(token, safe='')}" if self.token else ""
         self._cond = threading.Condition()
         self._pending: np.ndarray | None = None  # newest image waiting for the encoder
         self._jpeg: bytes | None = None
