@@ -115,17 +115,6 @@ def register(reference: torch.Tensor, moving: torch.Tensor, start: torch.Tensor,
     return flow().detach()
 
 
-def affine_split(error: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
-    """Mean length of the least-squares affine part of a flow error (H, W, 2) over `valid`, and of the
-    rest."""
-    ys, xs = np.nonzero(valid)
-    design = np.stack((xs, ys, np.ones_like(xs)), axis=1).astype(np.float64)
-    samples = error[valid].astype(np.float64)
-    affine = design @ np.linalg.lstsq(design, samples, rcond=None)[0]
-    return (float(np.linalg.norm(affine, axis=1).mean()),
-            float(np.linalg.norm(samples - affine, axis=1).mean()))
-
-
 def measure_pair(network, sample, spacing: int, steps: int) -> dict[str, float]:
     visible, misaligned, aligned = (sample[k][None] for k in ("visible", "thermal", "aligned"))
     truth = sample["flow"][None]
@@ -134,10 +123,14 @@ def measure_pair(network, sample, spacing: int, steps: int) -> dict[str, float]:
     def as_hw(flow: torch.Tensor) -> np.ndarray:
         return flow[0].permute(1, 2, 0).numpy()
 
-    def scores(registered: np.ndarray) -> dict[str, float]:
-        fused = run_network(network, visible, torch.from_numpy(registered)[None, None], 16, register=False)[0]
+    def scores(fused: np.ndarray) -> dict[str, float]:
         return fusion_metrics(*(to_u8(x) for x in (visible[0, 0].numpy(), aligned[0, 0].numpy(), fused)),
                               FUSION_COLUMNS)
+
+    def registered_scores(registered: np.ndarray) -> dict[str, float]:
+        """The scores of skyfuse-rt's fusion, registration off, of the thermal image as registered."""
+        thermal = torch.from_numpy(registered)[None, None]
+        return scores(run_network(network, visible, thermal, 16, register=False)[0])
 
     fused, _, network_flow = run_network(network, visible, misaligned, 16)
     start = torch.from_numpy(network_flow).permute(2, 0, 1)[None]
@@ -153,14 +146,15 @@ def measure_pair(network, sample, spacing: int, steps: int) -> dict[str, float]:
     row["ngf_vs_lncc_optimum"] = end_point_error(
         as_hw(flows["cross_from_truth"]), as_hw(flows["lncc_cross_from_truth"]), valid
     )
-    row["network_error_affine"], row["network_error_rest"] = affine_split(network_flow - truth_hw, valid)
+    row["network_error_affine"], row["network_error_rest"] = roadscene.affine_split(
+        network_flow - truth_hw, valid
+    )
     image = misaligned[0, 0].numpy()
     fused_scores = {
-        "network": fusion_metrics(*(to_u8(x) for x in (visible[0, 0].numpy(), aligned[0, 0].numpy(), fused)),
-                                  FUSION_COLUMNS),
-        "oracle": scores(warp_numpy(image, truth_hw)),
-        "cross_from_truth": scores(warp_numpy(image, as_hw(flows["cross_from_truth"]))),
-        "lncc_cross_from_truth": scores(warp_numpy(image, as_hw(flows["lncc_cross_from_truth"]))),
+        "network": scores(fused),
+        "oracle": registered_scores(warp_numpy(image, truth_hw)),
+        "cross_from_truth": registered_scores(warp_numpy(image, as_hw(flows["cross_from_truth"]))),
+        "lncc_cross_from_truth": registered_scores(warp_numpy(image, as_hw(flows["lncc_cross_from_truth"]))),
     }
     row |= {f"{name}_{k}": v for name, values in fused_scores.items() for k, v in values.items()}
     return row

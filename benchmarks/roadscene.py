@@ -37,6 +37,17 @@ def network_and_test_pairs(args: argparse.Namespace) -> tuple[torch.nn.Module, l
     return network, split(find_pairs(args.data))[1][: args.pairs]
 
 
+def affine_split(error: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """Mean length of the least-squares affine part of a flow error (H, W, 2) over `valid`, and of the
+    rest."""
+    ys, xs = np.nonzero(valid)
+    design = np.stack((xs, ys, np.ones_like(xs)), axis=1).astype(np.float64)
+    samples = error[valid].astype(np.float64)
+    affine = design @ np.linalg.lstsq(design, samples, rcond=None)[0]
+    return (float(np.linalg.norm(affine, axis=1).mean()),
+            float(np.linalg.norm(samples - affine, axis=1).mean()))
+
+
 def column_means(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
