@@ -1,5 +1,5 @@
 """What the RoadScene registration benchmarks share: their command line, the network and test pairs they
-score, and their JSON output."""
+score, the split of a flow error into its affine part and the rest, and their JSON output."""
 
 from __future__ import annotations
 

@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", help="rig JSON from `skyfuse calibrate`")
     parser.add_argument("--time-offset", type=float, help="seconds added to thermal times")
     parser.add_argument("--batch", type=int, help="pairs fused per engine call")
-    parser.add_argument("--live-view", type=int, metavar="PORT", help="MJPEG live view port on 127.0.0.1")
+    parser.add_argument("--live-view", type=int, metavar="PORT",
+                        help="MJPEG live view port (on 127.0.0.1 unless --live-view-host)")
     parser.add_argument("--live-view-host", metavar="ADDRESS",
                         help="address the live view listens on instead (it then asks for a token)")
     parser.add_argument("--live-view-token", metavar="TOKEN",

@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-pip", action="store_true", help="no picture-in-picture of the inputs")
     parser.add_argument("--colormap", action="store_true", help="show the thermal input in false colour")
     parser.add_argument("--live-view", type=int, default=None, metavar="PORT",
-                        help="serve an MJPEG live view on http://127.0.0.1:PORT (0 picks a free port)")
+                        help="serve an MJPEG live view on PORT of --live-view-host (0 picks a free port)")
     parser.add_argument("--live-view-host", default="127.0.0.1", help="address the live view listens on")
     parser.add_argument("--live-view-token", default=None, metavar="TOKEN",
                         help="access token the live view asks for (default: none on a loopback address, a "
