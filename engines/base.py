@@ -28,6 +28,7 @@ class Engine(ABC):
     """Fuses batches: `visible` (B, H, W, 3) uint8 BGR and `thermal` (B, H, W) uint8, same H×W."""
 
     name: str = "engine"
+    startup_note: str = ""  # what building it took beyond loading (a first-use export), for start-up reports
 
     @abstractmethod
     def fuse(self, visible: np.ndarray, thermal: np.ndarray) -> FusionResult: ...

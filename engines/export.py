@@ -147,10 +147,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SKYFUSE_CACHE") or Path.home() / ".cache" / "skyfuse")
 
 
-def cached_export(model: str, weights: str | None = None, precision: str = "fp32",
-                  overrides: dict | None = None, registration: bool = True) -> Path:
-    """The ONNX file of `model` for the engines (`registration=False`: with its registration off), exported
-    once per (model, weights, options, library versions, network and exporter source)."""
+def export_cache_path(model: str, weights: str | None = None, precision: str = "fp32",
+                      overrides: dict | None = None, registration: bool = True) -> Path:
+    """Where cached_export keeps the ONNX file of these arguments (it may not exist yet)."""
     import torch
 
     weights_file = weights or _shipped_weights(model)
@@ -159,12 +158,20 @@ def cached_export(model: str, weights: str | None = None, precision: str = "fp32
     key = json.dumps([label, weights_id, precision, overrides or {}, torch.__version__, onnx.__version__,
                       _code_digest()], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = cache_dir() / "onnx" / f"{label}-{precision}-{digest}.onnx"
+    return cache_dir() / "onnx" / f"{label}-{precision}-{digest}.onnx"
+
+
+def cached_export(model: str, weights: str | None = None, precision: str = "fp32",
+                  overrides: dict | None = None, registration: bool = True) -> Path:
+    """The ONNX file of `model` for the engines (`registration=False`: with its registration off), exported
+    once per (model, weights, options, library versions, network and exporter source)."""
+    path = export_cache_path(model, weights, precision, overrides, registration)
+    label = model_label(model, registration)
     if not path.exists():
         network = load_network(model, weights, overrides)
         if not registration:
             network = without_registration(network)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # stages exporting at once never share a file
         export_network(network, tmp, model_name=label, precision=precision)
         tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return path

@@ -15,7 +15,7 @@ from .models import load_graph, read_metadata, require_model_for
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 0, provider: str = "auto"):
+    def __init__(self, path: str | Path, threads: int = 0, provider: str = "auto", spinning: bool = False):
         import onnxruntime as ort
 
         if provider not in ("auto", "cpu", "cuda"):
@@ -29,6 +29,12 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        # Inside the pipeline the engine shares the cores with capture, colour conversion and encoding:
+        # one graph at a time (no inter-op pool), and worker threads that sleep between runs instead of
+        # spinning for the next one (spinning burns a core the other stages need; see README, "CPU threads").
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -39,7 +45,7 @@ class OnnxRuntimeBackend:
         if (inputs, outputs) != (INPUT_NAMES, OUTPUT_NAMES):
             raise SkyfuseError(f"{path}: expected inputs {INPUT_NAMES} and outputs {OUTPUT_NAMES}, "
                                f"got {inputs} and {outputs}")
-        self.path, self.threads = Path(path), threads
+        self.path, self.threads, self.spinning = Path(path), threads, spinning
         self.provider = "cuda" if use_cuda else "cpu"
 
     def run(self, visible: np.ndarray, thermal: np.ndarray) -> Outputs:
@@ -48,7 +54,8 @@ class OnnxRuntimeBackend:
         return fused, registered, flow
 
     def describe(self) -> str:
-        return f"onnxruntime ({self.provider}, {self.threads or 'default'} threads, {self.path.name})"
+        spin = ", spinning" if self.spinning else ""
+        return f"onnxruntime ({self.provider}, {self.threads or 'default'} threads{spin}, {self.path.name})"
 
     def close(self) -> None:
         self.session = None
@@ -56,14 +63,20 @@ class OnnxRuntimeBackend:
 
 def create_onnxruntime_engine(model: str = "skyfuse-rt", onnx_path: str | None = None,
                               weights: str | None = None, precision: str = "fp32", threads: int = 0,
-                              provider: str = "auto", registration: bool = True) -> LearnedEngine:
+                              provider: str = "auto", registration: bool = True,
+                              spinning: bool = False) -> LearnedEngine:
     """Engine from `onnx_path`, or from `model` (+ `weights`) exported once into the cache;
     `registration=False` turns the network's registration off (frames that arrive registered)."""
     require_model_for(registration, onnx_path)
+    exported = False
     if onnx_path is None:
-        from .export import cached_export
+        from .export import cached_export, export_cache_path
 
+        exported = not export_cache_path(model, weights, precision, registration=registration).exists()
         onnx_path = cached_export(model, weights, precision, registration=registration)
     name, graph_precision, geometry = read_metadata(load_graph(onnx_path, load_weights=False))
-    backend = OnnxRuntimeBackend(onnx_path, threads=threads, provider=provider)
-    return LearnedEngine(backend, geometry, model=name or model, precision=graph_precision)
+    backend = OnnxRuntimeBackend(onnx_path, threads=threads, provider=provider, spinning=spinning)
+    engine = LearnedEngine(backend, geometry, model=name or model, precision=graph_precision)
+    if exported:
+        engine.startup_note = f"exported {model} to ONNX (first use; later runs load it from the cache)"
+    return engine

@@ -4,44 +4,89 @@ Port: `output` (connects to the fuse stage's input for this stream). Pacing: `na
 the synthetic flight at their own frame rate (in live mode a frame already late by a frame period is
 skipped, as a real camera would lose it), `max` sends as fast as the receiver takes them. Cameras are
 always real time.
+
+Started by `skyfuse run` (`--handshake`), the stage opens its source, reads the first frame to report the
+stream's geometry (what the fuse stage warms its engine up for, and the recording's size and rate), and
+waits for the run's epoch: files and the synthetic flight simply wait, keeping that first frame; a live
+source cannot wait, so its frames are read and dropped as `warmup` until the epoch arrives.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from .frame import EndOfStream, Frame
 from .keys import SENDER, add_keys_argument, link_keys
-from .sources import CorruptFrame, Source, open_source
-from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
+from .sources import CorruptFrame, Source, SourceFrame, open_source
+from .stage import (
+    LauncherChannel,
+    StopFlag,
+    add_handshake_argument,
+    add_mode_argument,
+    die_with_parent,
+    log,
+    stop_on_signals,
+)
 from .stats import StageStats
 from .wire import Sender, close_transport
 
 
 class CaptureStage:
-    def __init__(self, source: Source, output: Sender, *, pace: bool, epoch_ns: int):
+    def __init__(self, source: Source, output: Sender, *, pace: bool, epoch_ns: int | None = None):
         self.source, self.output, self.pace, self.epoch_ns = source, output, pace, epoch_ns
         self.name = f"capture.{source.stream}"
         self.stats = StageStats(self.name)
+        self.first: SourceFrame | None = None  # read ahead for its geometry, sent first
+        self._corrupt_logged = False
+
+    def geometry(self) -> dict | None:
+        """Read the first frame (kept for run()) and describe the stream; None for an empty source."""
+        self.first = self._read(counted=not self.source.live)  # a live source drops it: not one of --frames
+        if self.first is None:
+            return None
+        image = self.first.image
+        return {"width": image.shape[1], "height": image.shape[0],
+                "channels": 1 if image.ndim == 2 else image.shape[2], "dtype": str(image.dtype),
+                "fps": self.source.fps, "live": self.source.live}
+
+    def wait_for_epoch(self, channel: LauncherChannel, stop: StopFlag) -> None:
+        """Take the run's epoch from the launcher. A live source keeps delivering meanwhile: its frames are
+        read and dropped as `warmup`, so the first frame sent is a fresh one."""
+        answered = threading.Event()
+
+        def listen() -> None:
+            message = channel.receive()
+            epoch = message.get("epoch_ns") if message else None
+            if isinstance(epoch, int):
+                self.epoch_ns = epoch
+            else:
+                stop.set()  # no epoch: the launcher is stopping the run
+            answered.set()
+
+        threading.Thread(target=listen, name="epoch", daemon=True).start()
+        if self.source.live and self.first is not None:
+            self.first = None
+            self.stats.drops["warmup"] += 1
+        while not answered.is_set() and not stop.is_set():
+            if not self.source.live:
+                answered.wait(0.1)
+            elif self._read(counted=False) is not None:
+                self.stats.drops["warmup"] += 1
+            else:
+                break  # the live source ended before the run started
 
     def run(self, stop) -> dict:
         """Send frames until the source ends or `stop` is set; then send end-of-stream. Returns stats."""
         period_ns = int(1e9 / self.source.fps) if self.source.fps > 0 else 0
-        corrupt_logged = False
+        if self.epoch_ns is None:
+            self.epoch_ns = time.monotonic_ns()
         while not stop.is_set():
-            try:
-                item = self.source.read()
-            except CorruptFrame as exc:
-                self.stats.drops["corrupt_frame"] += 1
-                if not corrupt_logged:
-                    log(self.name, f"skipping corrupt frame ({exc}); further ones are only counted")
-                    corrupt_logged = True
-                continue
+            item, self.first = self.first or self._read(), None
             if item is None:
                 break
             media_ns = self.epoch_ns + int(round(item.time_s * 1e9))
@@ -65,6 +110,17 @@ class CaptureStage:
             log(self.name, "no receiver took the end-of-stream message")
         return summary
 
+    def _read(self, counted: bool = True) -> SourceFrame | None:
+        """The source's next frame, skipping (and counting) corrupt ones; None at its end."""
+        while True:
+            try:
+                return self.source.read(counted)
+            except CorruptFrame as exc:
+                self.stats.drops["corrupt_frame"] += 1
+                if not self._corrupt_logged:
+                    log(self.name, f"skipping corrupt frame ({exc}); further ones are only counted")
+                    self._corrupt_logged = True
+
     def _drops(self) -> dict[str, int]:
         merged = Counter(self.stats.drops)
         merged.update(self.output.drops)
@@ -85,24 +141,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--epoch-ns", type=int, default=None,
                         help="monotonic-clock ns of media time 0, shared by the captures of one run")
-    parser.add_argument("--epoch-from-stdin", action="store_true",
-                        help="print 'ready' once the source is open, then read the epoch (ns) from stdin: "
-                             "how `skyfuse run` starts both captures on one time base")
+    add_handshake_argument(parser)
     add_keys_argument(parser)
     parser.add_argument("--summary", help="also write the final statistics here (JSON): how `skyfuse run` "
                                           "reports a capture that ends after the fuse stage has finished")
     args = parser.parse_args(argv)
+    started = time.monotonic()
+    channel = LauncherChannel() if args.handshake else None
     die_with_parent()
     stop = stop_on_signals()
+    if channel:
+        channel.status("opening the source")
     source = open_source(args.source, args.stream, fps=args.fps, frames=args.frames)
     lossless = args.mode == "lossless"
     pace = (args.pace or ("max" if lossless else "native")) == "native"
-    epoch_ns = _epoch_from_launcher() if args.epoch_from_stdin else args.epoch_ns
-    epoch_ns = epoch_ns if epoch_ns is not None else time.monotonic_ns()
     output = Sender(args.output, lossless=lossless, stamp="capture_sent", stop=stop,
                     keys=link_keys(args.keys, SENDER))
+    stage = CaptureStage(source, output, pace=pace, epoch_ns=args.epoch_ns)
     try:
-        summary = CaptureStage(source, output, pace=pace, epoch_ns=epoch_ns).run(stop)
+        if channel:
+            channel.report("ready", geometry=stage.geometry(), startup_s=round(time.monotonic() - started, 3))
+            stage.wait_for_epoch(channel, stop)
+        summary = stage.run(stop)
     finally:
         source.close()
         output.close()
@@ -112,9 +172,3 @@ def main(argv: list[str]) -> int:
     if args.summary:
         Path(args.summary).write_text(json.dumps({f"capture.{args.stream}": summary}))
     return 0
-
-
-def _epoch_from_launcher() -> int | None:
-    print("ready", flush=True)
-    line = sys.stdin.readline().strip()
-    return int(line) if line.isdigit() else None  # no epoch: the launcher is stopping us

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import cv2
@@ -33,7 +35,15 @@ from .errors import SkyfuseError
 from .frame import EndOfStream, Frame
 from .keys import RECEIVER, SENDER, add_keys_argument, link_keys
 from .pairing import Pair, Pairer, PairingPolicy
-from .stage import add_mode_argument, die_with_parent, log, parse_options, stop_on_signals
+from .stage import (
+    LauncherChannel,
+    add_handshake_argument,
+    add_mode_argument,
+    die_with_parent,
+    log,
+    parse_options,
+    stop_on_signals,
+)
 from .stats import StageStats
 from .wire import Receiver, Sender, close_transport
 
@@ -130,6 +140,20 @@ class FuseStage:
                 self._end(link)
         return {link.stats.stage: self._summary(link) for link in self.links}
 
+    def warm_up(self, visible_size: tuple[int, int], thermal_size: tuple[int, int]) -> None:
+        """Run the engine once per batch size at the run's frame sizes ((W, H) of each camera) before the
+        first frame, so that lazy start-up work (CUDA context and graphs, cuDNN autotuning, ONNX Runtime's
+        memory arenas) is not paid by real frames."""
+        visible = np.zeros((visible_size[1], visible_size[0], 3), np.uint8)
+        thermal = self._to_output_size(np.zeros(thermal_size[::-1], np.uint8))
+        for batch in sorted({1, self.batch}):
+            for link in self.links:
+                homography = self._rig(link, visible, thermal).homography_for(visible.shape,
+                                                                              thermal.shape[::-1])
+                with self._engine_errors():
+                    self.engine.fuse_unwarped(np.stack([visible] * batch), np.stack([thermal] * batch),
+                                              np.stack([homography] * batch), extras=False)
+
     def _receive(self) -> None:
         poller = zmq.Poller()
         active = [link for link in self.links if not link.inputs_done]
@@ -171,16 +195,22 @@ class FuseStage:
     def _engine_call(self, call, *args) -> None:
         """Run a scheduler call (which may fuse a batch) and send what it fused."""
         started = time.time_ns()
-        try:
+        with self._engine_errors():
             outputs = call(*args)
-        except Exception as exc:  # a backend failure ends the stage with a message, not a traceback
-            raise SkyfuseError(f"engine {self.engine.describe()} failed: {type(exc).__name__}: {exc}") \
-                from exc
         finished = time.time_ns()
         for output in outputs:
             link, pair, visible, thermal = output.meta
             link.stats.add_latency("engine_per_frame", (finished - started) / 1e6 / output.batch_size)
             self._send(link, pair, output.fused, visible, thermal, started, finished)
+
+    @contextmanager
+    def _engine_errors(self) -> Iterator[None]:
+        """A backend failure ends the stage with a message naming the engine, not a traceback."""
+        try:
+            yield
+        except Exception as exc:
+            raise SkyfuseError(f"engine {self.engine.describe()} failed: {type(exc).__name__}: {exc}") \
+                from exc
 
     def _send(self, link: Link, pair: Pair, fused: np.ndarray, visible: np.ndarray, thermal: np.ndarray,
               started: int, finished: int) -> None:
@@ -221,7 +251,9 @@ class FuseStage:
         return summary
 
     def _prepare_thermal(self, link: Link, image: np.ndarray) -> np.ndarray:
-        gray = link.agc(image)
+        return self._to_output_size(link.agc(image))
+
+    def _to_output_size(self, gray: np.ndarray) -> np.ndarray:
         if self.output_size is not None and (gray.shape[1], gray.shape[0]) != self.output_size:
             gray = cv2.resize(gray, self.output_size, interpolation=cv2.INTER_AREA)
         return gray
@@ -277,12 +309,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-wait", type=float, default=0.0,
                         help="seconds a ready pair may wait for a batch to fill (default 0)")
     parser.add_argument("--no-thumbnails", action="store_true", help="do not send input thumbnails (PiP)")
+    parser.add_argument("--warm-up", metavar="VISIBLE_WxH,THERMAL_WxH",
+                        help="run the engine once at these camera sizes before taking frames (e.g. "
+                             "1280x720,640x512), so the first frames are not slowed by its start-up")
     add_keys_argument(parser)
+    add_handshake_argument(parser)
     return parser
+
+
+def parse_warm_up(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    visible, sep, thermal = text.partition(",")
+    if not sep:
+        raise SkyfuseError(f"--warm-up takes VISIBLE_WxH,THERMAL_WxH (e.g. 1280x720,640x512), got {text!r}")
+    return parse_size(visible), parse_size(thermal)
+
+
+def warm_up_sizes(message: dict) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The cameras' sizes from the launcher's geometry message (what the captures reported); None when a
+    stream has no frame, so there is nothing to warm up for."""
+    geometry = message.get("geometry")
+    sizes = []
+    for stream in ("visible", "thermal"):
+        camera = geometry.get(stream) if isinstance(geometry, dict) else None
+        if not isinstance(camera, dict):
+            return None
+        width, height = camera.get("width"), camera.get("height")
+        if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+            return None
+        sizes.append((width, height))
+    return sizes[0], sizes[1]
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    channel = LauncherChannel() if args.handshake else None
     count = len(args.visible_in)
     names = args.link or (["main"] if count == 1 else [f"pair{i}" for i in range(count)])
     calibrations = args.calibration or [None]
@@ -297,8 +358,12 @@ def main(argv: list[str]) -> int:
     rigs = [Rig.load(path) if path else None for path in calibrations] * (count // len(calibrations))
     lossless = args.mode == "lossless"
     size = parse_size(args.size) if args.size else None
+    warm_up = parse_warm_up(args.warm_up) if args.warm_up else None
     keys = link_keys(args.keys, RECEIVER, SENDER)
+    if channel:
+        channel.status(f"building engine {args.engine}")
     engine = create_engine(args.engine, **parse_options(args.engine_options, "--engine-options"))
+    engine_s = time.monotonic() - started
     die_with_parent()
     stop = stop_on_signals()
     links = []
@@ -319,6 +384,26 @@ def main(argv: list[str]) -> int:
                                        f"time offset {offset:+.3f} s")
         stage = FuseStage(links, engine, lossless=lossless, output_size=size, batch=args.batch,
                           max_wait_s=args.max_wait, thumbnails=not args.no_thumbnails)
+        if channel:
+            message = channel.receive()
+            if message is None:
+                log("fuse", "the run stopped before it started")
+                return 0
+            warm_up = warm_up_sizes(message)
+        warm_up_s = 0.0
+        if warm_up:
+            if channel:
+                channel.status("warming the engine up")
+            warm_up_started = time.monotonic()
+            stage.warm_up(*warm_up)
+            warm_up_s = time.monotonic() - warm_up_started
+        log("fuse", f"ready after {time.monotonic() - started:.1f} s (engine {engine_s:.1f} s"
+                    + (f", {engine.startup_note}" if engine.startup_note else "")
+                    + (f"; warm-up {warm_up_s:.2f} s)" if warm_up else ")"))
+        if channel:
+            channel.report("ready", startup_s=round(time.monotonic() - started, 3),
+                           engine_s=round(engine_s, 3), warm_up_s=round(warm_up_s, 3),
+                           note=engine.startup_note)
         summaries = stage.run(stop)
     finally:
         for link in links:

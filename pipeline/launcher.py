@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
@@ -25,10 +25,10 @@ from pathlib import Path
 import yaml
 
 from .errors import SkyfuseError
-from .stage import MODES, die_with_parent, parse_options
+from .fuse import parse_size
+from .stage import MODES, StopFlag, die_with_parent, parse_options
 
-START_MARGIN_S = 0.3  # media time 0 lies this far after both captures reported ready
-READY_TIMEOUT_S = 120.0
+START_MARGIN_S = 0.3  # media time 0 lies this far after every stage reported ready
 
 
 @dataclass
@@ -61,6 +61,7 @@ class RunConfig:
     transport: str = "ipc"  # ipc | tcp (loopback)
     keys: str | None = None  # link keys folder (`skyfuse keys`): encrypted, authenticated links
     allow_unequal_length: bool = False
+    ready_timeout: float = 300.0  # seconds every stage has to start (a first-use export included)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -69,6 +70,9 @@ class RunConfig:
             raise SkyfuseError(f"transport must be ipc or tcp, got {self.transport!r}")
         if Path(self.output).suffix.lower() not in (".mp4", ".mkv"):
             raise SkyfuseError(f"cannot record to {self.output}: use a .mp4 or .mkv file name")
+        if not self.ready_timeout > 0:
+            raise SkyfuseError(f"ready_timeout must be a positive number of seconds, got "
+                               f"{self.ready_timeout}")
         if self.live_view is None and (self.live_view_host or self.live_view_token) is not None:
             raise SkyfuseError("a live view host or token needs a live view: add --live-view PORT "
                                "(live_view in a YAML config)")
@@ -108,15 +112,44 @@ def load_config(path: str | None, overrides: dict) -> RunConfig:
 
 @dataclass
 class StageProcess:
+    """One stage's process and its control channel (stage.LauncherChannel): reports arrive on its stdout
+    and are queued by a reader thread; answers go to its stdin."""
+
     name: str
     argv: list[str]
     process: subprocess.Popen | None = None
+    doing: str = "starting"  # its last status report: what a time-out message names
+    ready: dict | None = None  # its ready report
 
-    def start(self) -> None:
-        handshake = subprocess.PIPE if "--epoch-from-stdin" in self.argv else None
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline", *self.argv], text=True,
-                                        stdin=handshake, stdout=handshake,
+    def start(self, reports: queue.Queue) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline", *self.argv, "--handshake"],
+                                        text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         start_new_session=True, preexec_fn=die_with_parent)
+        threading.Thread(target=self._read_reports, args=(reports,), name=f"{self.name}-reports",
+                         daemon=True).start()
+
+    def _read_reports(self, reports: queue.Queue) -> None:
+        for line in self.process.stdout:
+            try:
+                report = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(report, dict):
+                reports.put((self, report))
+
+    def tell(self, message: dict) -> None:
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # it has ended; the supervisor reports why
+
+    def close_channel(self) -> None:
+        """End of the launcher's answers: a stage still waiting for one stops."""
+        try:
+            self.process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
 
     def exit_reason(self) -> str:
         code = self.process.returncode
@@ -136,8 +169,9 @@ class Launcher:
 
     def __init__(self, config: RunConfig, run_dir: Path):
         self.config, self.run_dir = config, run_dir
-        self.stop_requested = threading.Event()
+        self.stop_requested = StopFlag()
         self.stages = self._plan()
+        self.startup: dict | None = None  # how long each stage took to become ready (stats.json)
 
     def _endpoints(self) -> dict[str, str]:
         if self.config.transport == "ipc":
@@ -150,8 +184,7 @@ class Launcher:
         mode = ["--mode", c.mode]
         captures = []
         for stream, source in (("visible", c.visible), ("thermal", c.thermal)):
-            argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode,
-                    "--epoch-from-stdin"]
+            argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode]
             # The visible stream sets the run's length; the thermal capture runs until the run ends.
             argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps,
                            summary=self._capture_summary(stream), keys=c.keys)
@@ -175,9 +208,10 @@ class Launcher:
     def _capture_summary(self, stream: str) -> Path:
         return self.run_dir / f"capture.{stream}.json"
 
-    def _add_capture_summaries(self) -> None:
-        """The thermal capture runs until the run ends, after the fuse stage has passed the other stages'
-        final statistics on to the sink: add what the captures wrote themselves to the statistics file."""
+    def _complete_statistics(self) -> None:
+        """Add to the statistics file what the sink cannot know: how start-up went, and what the captures
+        wrote themselves (the thermal capture runs until the run ends, after the fuse stage has passed the
+        other stages' final statistics on to the sink)."""
         stats_path = self.config.stats_path
         try:
             report = json.loads(stats_path.read_text())
@@ -190,6 +224,7 @@ class Launcher:
             except (OSError, json.JSONDecodeError):
                 continue
         report["stages"] = {**captures, **report["stages"]}  # captures first, the sink's copies win
+        report["startup"] = self.startup
         partial = stats_path.with_name(stats_path.name + ".partial")
         partial.write_text(json.dumps(report, indent=2) + "\n")
         partial.replace(stats_path)
@@ -212,9 +247,15 @@ class Launcher:
 
     def run(self) -> int:
         """Start all stages and wait; returns the exit code for `skyfuse run`."""
+        reports: queue.Queue = queue.Queue()
         for stage in self.stages:
-            stage.start()
-        failed = self._start_captures_together()
+            stage.start(reports)
+        error = self._start_together(reports)
+        if error:
+            print(f"skyfuse run: error: {error}; stopping the others", file=sys.stderr)
+            self.shutdown()
+            return 1
+        failed = None
         sink = self.stages[0]
         while failed is None and not self.stop_requested.is_set() and sink.process.poll() is None:
             time.sleep(0.1)
@@ -223,7 +264,7 @@ class Launcher:
             print(f"skyfuse run: error: stage {failed.name} {failed.exit_reason()}; stopping the others",
                   file=sys.stderr)
         self.shutdown()
-        self._add_capture_summaries()
+        self._complete_statistics()
         if failed:
             return 1
         crashed = [s for s in self.stages if s.process.returncode != 0]
@@ -231,34 +272,74 @@ class Launcher:
             print(f"skyfuse run: stage {stage.name} {stage.exit_reason()}", file=sys.stderr)
         return 130 if self.stop_requested.is_set() else (1 if crashed else 0)
 
-    def _start_captures_together(self) -> StageProcess | None:
-        """Wait until every capture has opened its source (building the synthetic world, opening a
-        camera), then give them one epoch, so both streams share a time base from their first frame.
-        Returns a stage that failed meanwhile, if any."""
-        captures = [s for s in self.stages if s.process.stdin is not None]
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        for stage in captures:
-            while not self.stop_requested.is_set() and time.monotonic() < deadline:
-                if stage.process.poll() is not None:
-                    break
-                ready, _, _ = select.select([stage.process.stdout], [], [], 0.1)
-                if ready:
-                    stage.process.stdout.readline()
-                    break
+    def _start_together(self, reports: queue.Queue) -> str | None:
+        """Bring every stage up before the first frame, then start both captures on one epoch, so both
+        streams share a time base and no frame meets a stage that is still starting:
+
+        1. the captures open their sources and report each stream's geometry;
+        2. the fuse stage warms its engine up at those sizes, the sink opens its recording at the fused
+           size and the visible rate;
+        3. once all are ready, both captures get the epoch.
+
+        Returns why the run cannot start (a stage failed, or was not ready within the time-out), or None.
+        Stopping meanwhile (Ctrl-C) returns None with stop_requested set."""
+        started = time.monotonic()
+        deadline = started + self.config.ready_timeout
+        sink, fuse, *captures = self.stages
+        error = self._await_ready(captures, reports, deadline)
+        if error or self.stop_requested.is_set():
+            return error
+        geometry = {stage.name.partition(".")[2]: stage.ready.get("geometry") for stage in captures}
+        fuse.tell({"geometry": geometry})
+        sink.tell({"recording": self._recording_geometry(geometry)})
+        error = self._await_ready([fuse, sink], reports, deadline)
+        if error or self.stop_requested.is_set():
+            return error
         epoch = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
         for stage in captures:
+            stage.tell({"epoch_ns": epoch})
+        self.startup = {"ready_s": round(time.monotonic() - started, 3),
+                        "stages": {stage.name: stage.ready for stage in self.stages}}
+        print(f"skyfuse run: ready in {self.startup['ready_s']:.1f} s: {_startup_text(self.stages)}",
+              file=sys.stderr)
+        return None
+
+    def _await_ready(self, stages: list[StageProcess], reports: queue.Queue, deadline: float) -> str | None:
+        waiting = {id(stage): stage for stage in stages}
+        while waiting and not self.stop_requested.is_set():
+            failed = next((s for s in self.stages if s.process.poll() is not None), None)
+            if failed:
+                return f"stage {failed.name} {failed.exit_reason()} before the run started"
+            if time.monotonic() > deadline:
+                late = ", ".join(f"{s.name} (still {s.doing})" for s in waiting.values())
+                return (f"not ready within {self.config.ready_timeout:g} s (--ready-timeout): {late}")
             try:
-                stage.process.stdin.write(f"{epoch}\n")
-                stage.process.stdin.close()
-            except BrokenPipeError:
-                pass
-        return next((s for s in self.stages if s.process.poll() not in (None, 0)), None)
+                stage, report = reports.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if report.get("event") == "status":
+                stage.doing = str(report.get("doing"))
+            elif report.get("event") == "ready":
+                stage.ready = {k: v for k, v in report.items() if k != "event"}
+                waiting.pop(id(stage), None)
+        return None
+
+    def _recording_geometry(self, geometry: dict) -> dict | None:
+        """The fused frames' size (--size, else the thermal camera's) and the visible camera's rate."""
+        thermal, visible = geometry.get("thermal"), geometry.get("visible")
+        if not thermal or not visible:
+            return None
+        width, height = parse_size(self.config.size) if self.config.size else (thermal["width"],
+                                                                                thermal["height"])
+        return {"width": width, "height": height, "fps": visible.get("fps")}
 
     def shutdown(self, settle_s: float = 3.0) -> None:
         """Stop in data-flow order: captures first, so their end-of-stream reaches the fuse stage and then
         the sink, which finalises the recording. A stage still running after `settle_s` gets SIGTERM,
         then SIGKILL after another `settle_s`."""
         sink, fuse, *captures = self.stages
+        for stage in self.stages:
+            stage.close_channel()
         for stage in captures:
             stage.signal(signal.SIGTERM)
         _wait_all(captures, settle_s)
@@ -271,6 +352,19 @@ class Launcher:
                 print(f"skyfuse run: stage {stage.name} did not stop; killing it", file=sys.stderr)
                 stage.signal(signal.SIGKILL)
                 stage.process.wait()
+
+
+def _startup_text(stages: list[StageProcess]) -> str:
+    """Each stage's start-up time, and what the fuse stage spent it on."""
+    parts = []
+    for stage in stages:
+        ready = stage.ready or {}
+        text = f"{stage.name} {ready.get('startup_s', 0):.1f} s"
+        if "engine_s" in ready:
+            note = f", {ready['note']}" if ready.get("note") else ""
+            text += f" (engine {ready['engine_s']:.1f} s{note}; warm-up {ready.get('warm_up_s', 0):.2f} s)"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def _wait_all(stages: list[StageProcess], timeout_s: float) -> None:
@@ -322,8 +416,11 @@ def print_summary(stats_path: Path) -> None:
         for hop, values in sink.items():
             if values.get("count"):
                 print(f"{hop:<18}{values['p50_ms']:>8.1f}{values['p95_ms']:>8.1f}{values['p99_ms']:>8.1f}")
-    if report["drops"]:
-        print("\ndrops: " + ", ".join(f"{k} {v}" for k, v in sorted(report["drops"].items()) if v))
+    steady = {k: v for k, v in report["drops"].items() if v and not k.endswith(":warmup")}
+    if steady:
+        print("\ndrops: " + ", ".join(f"{k} {v}" for k, v in sorted(steady.items())))
+    if report.get("drops_warmup"):
+        print(f"dropped before the run was ready (live sources): {report['drops_warmup']}")
     print(f"statistics: {stats_path}")
 
 
@@ -354,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, text in (("hud", "the HUD overlay"), ("pip", "picture-in-picture of the inputs"),
                        ("colormap", "false-colour thermal thumbnail")):
         parser.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=text)
+    parser.add_argument("--ready-timeout", type=float, metavar="SECONDS",
+                        help="how long the stages may take to start, a first-use model export included "
+                             "(default 300)")
     parser.add_argument("--allow-unequal-length", action="store_true", default=None,
                         help="accept file sequences of different lengths at the same frame rate")
     return parser

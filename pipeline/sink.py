@@ -15,6 +15,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .errors import SkyfuseError
@@ -23,7 +24,14 @@ from .hud import HudInfo, draw_hud, picture_in_picture, thermal_colormap
 from .keys import RECEIVER, add_keys_argument, link_keys
 from .liveview import LiveView, access_token
 from .recorder import Recorder, Sidecar
-from .stage import add_mode_argument, die_with_parent, log, stop_on_signals
+from .stage import (
+    LauncherChannel,
+    add_handshake_argument,
+    add_mode_argument,
+    die_with_parent,
+    log,
+    stop_on_signals,
+)
 from .stats import StageStats
 from .wire import Receiver, close_transport
 
@@ -51,6 +59,7 @@ class SinkStage:
         self.recent: deque[float] = deque(maxlen=60)  # monotonic times of recent frames, for the HUD fps
         self.progress_s, self.next_progress = progress_s, time.monotonic() + progress_s
         self.ended = False
+        self.resize_logged = False
 
     def run(self, stop) -> dict:
         """Record until end-of-stream or `stop`; the recording is finalised in every case."""
@@ -67,15 +76,25 @@ class SinkStage:
             self._finish()
         return self.summary()
 
+    def open_recording(self, size: tuple[int, int], fps: float | None) -> None:
+        """Open the recorder at `size` (W, H) and `fps` (the source rate; None keeps the default)."""
+        if isinstance(fps, (int, float)) and 0 < fps < 1000:
+            self.fps = float(fps)
+        self.recorder = Recorder(self.output, self.fps, size)
+
     def _record(self, frame: Frame) -> None:
-        fps = frame.meta.get("fps")
         if self.recorder is None:
-            if isinstance(fps, (int, float)) and fps > 0:
-                self.fps = float(fps)
             height, width = frame.image.shape[:2]
-            self.recorder = Recorder(self.output, self.fps, (width, height))
+            self.open_recording((width, height), frame.meta.get("fps"))
+        if self.first_capture_ns is None:
             self.first_capture_ns = frame.capture_ns
         image = self._compose(frame)
+        if (image.shape[1], image.shape[0]) != self.recorder.size:
+            if not self.resize_logged:
+                log(self.name, f"frames of {image.shape[1]}x{image.shape[0]} are scaled to the recording's "
+                               f"{self.recorder.size[0]}x{self.recorder.size[1]}")
+                self.resize_logged = True
+            image = cv2.resize(image, self.recorder.size, interpolation=cv2.INTER_AREA)
         slot = round((frame.capture_ns - self.first_capture_ns) * self.fps / 1e9)
         if self.recorder.last_slot is not None:
             slot = max(slot, self.recorder.last_slot + 1)  # capture jitter must not cost a frame
@@ -150,13 +169,16 @@ class SinkStage:
         return summary
 
     def report(self) -> dict:
-        """Everything `stats.json` holds: the run, every stage, every drop by stage and reason."""
+        """Everything `stats.json` holds: the run, every stage, every drop by stage and reason;
+        `drops_total` counts the steady-state drops, `drops_warmup` those of live sources before the run
+        was ready."""
         drops = {**self.drops, **{f"{self.name}:{k}": v for k, v in self.port.drops.items()}}
         for stage, stats in self.upstream.items():  # final counts from end-of-stream beat per-frame ones
             drops.update({f"{stage}:{k}": v for k, v in stats.get("drops", {}).items()})
+        warmup = sum(v for k, v in drops.items() if k.endswith(":warmup"))
         return {"output": str(self.output), "frames_recorded": self.stats.frames, "fps_recorded": self.fps,
                 "complete": self.ended, "stages": {**self.upstream, self.name: self.summary()},
-                "drops": drops, "drops_total": sum(drops.values())}
+                "drops": drops, "drops_total": sum(drops.values()) - warmup, "drops_warmup": warmup}
 
 
 def main(argv: list[str]) -> int:
@@ -178,7 +200,10 @@ def main(argv: list[str]) -> int:
                              "random one, shown in the logged URL, on any other)")
     add_keys_argument(parser)
     parser.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
+    add_handshake_argument(parser)
     args = parser.parse_args(argv)
+    started = time.monotonic()
+    channel = LauncherChannel() if args.handshake else None
     die_with_parent()
     stop = stop_on_signals()
     if args.output.suffix.lower() not in (".mp4", ".mkv"):
@@ -195,6 +220,11 @@ def main(argv: list[str]) -> int:
         stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,
                           hud=not args.no_hud, pip=not args.no_pip, colormap=args.colormap,
                           live_view=live_view, progress_s=args.progress)
+        if channel:
+            if not _open_recording_for_launcher(stage, channel):
+                log("sink", "the run stopped before it started")
+                return 0
+            channel.report("ready", startup_s=round(time.monotonic() - started, 3))
         summary = stage.run(stop)
     finally:
         port.close()
@@ -202,3 +232,18 @@ def main(argv: list[str]) -> int:
     log("sink", f"recorded {summary['frames']} frames to {args.output}")
     sys.stdout.flush()
     return 0
+
+
+def _open_recording_for_launcher(stage: SinkStage, channel: LauncherChannel) -> bool:
+    """Open the recorder at the size and rate `skyfuse run` announces, before the first frame. False when
+    the launcher stopped the run instead."""
+    message = channel.receive()
+    if message is None:
+        return False
+    recording = message.get("recording")
+    if not isinstance(recording, dict):
+        return True  # the launcher could not tell (a stream without frames): open at the first frame
+    width, height = recording.get("width"), recording.get("height")
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        stage.open_recording((width, height), recording.get("fps"))
+    return True

@@ -4,6 +4,8 @@
 
     synthetic[:key=value,...]   the synthetic flight; keys are FlightConfig fields (seed=3, thermal_fps=9,
                                 thermal_bits=16, visible_size=640x360, offset_px=12x-8, ...)
+    synthetic-camera[:...]      the synthetic flight as a live camera: frames exist in real time from
+                                when it opens, whether or not anyone reads them (live)
     camera:N | N | /dev/videoN  a V4L2 camera by index (live)
     rtsp://... | http(s)://...  a network stream through FFmpeg (live)
     '... ! ... ! appsink'       a GStreamer pipeline (any spec containing '!'; live)
@@ -70,11 +72,13 @@ class Source(ABC):
         self._delivered = 0
         self._size: tuple[int, int] | None = None  # (height, width) of the first frame
 
-    def read(self) -> SourceFrame | None:
-        if self.limit is not None and self._delivered >= self.limit:
+    def read(self, counted: bool = True) -> SourceFrame | None:
+        """The next frame, None at the end; `counted=False` reads one that does not count against `limit`
+        (a live source's frames that arrive before the run starts)."""
+        if counted and self.limit is not None and self._delivered >= self.limit:
             return None
         item = self._next()
-        if item is not None:
+        if item is not None and counted:
             self._delivered += 1
         return item
 
@@ -139,6 +143,26 @@ class SyntheticSource(Source):
     def _next(self) -> SourceFrame:
         i, self._index = self._index, self._index + 1
         return SourceFrame(i, self._time(i), self._render(i))
+
+
+class SyntheticCameraSource(SyntheticSource):
+    """The synthetic flight as a live camera: frame i exists from i / fps after opening, and read() returns
+    the newest one (waiting for the next when it is ahead), as a sensor that keeps exposing whether or
+    not anyone reads it. What a stage that cannot keep up, or is not ready yet, meets with a real camera."""
+
+    live = True
+
+    def __init__(self, flight: SyntheticFlight, stream: str, limit: int | None):
+        super().__init__(flight, stream, limit)
+        self.frame_count = None
+        self._opened = time.monotonic()
+
+    def _next(self) -> SourceFrame:
+        newest = int((time.monotonic() - self._opened) * self.fps)
+        if newest < self._index:
+            time.sleep(self._opened + self._index / self.fps - time.monotonic())
+        self._index = max(self._index, newest)
+        return super()._next()
 
 
 class ImageSequenceSource(Source):
@@ -213,11 +237,13 @@ def open_source(spec: str, stream: str, *, fps: float | None = None, flight: Fli
         raise SkyfuseError(f"fps must be positive, got {fps}")
     if frames is not None and frames < 0:
         raise SkyfuseError(f"frames must not be negative, got {frames}")
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        config = parse_synthetic_options(spec.partition(":")[2], flight or FlightConfig())
+    kind, _, options = spec.partition(":")
+    if kind in ("synthetic", "synthetic-camera"):
+        config = parse_synthetic_options(options, flight or FlightConfig())
         if fps is not None:
             config = replace(config, **{f"{stream}_fps": fps})
-        return SyntheticSource(SyntheticFlight(config), stream, frames)
+        source = SyntheticSource if kind == "synthetic" else SyntheticCameraSource
+        return source(SyntheticFlight(config), stream, frames)
     camera = _camera_index(spec)
     if camera is not None:
         return _open_capture(camera, cv2.CAP_ANY, f"camera {camera}", stream, fps, frames, live=True,

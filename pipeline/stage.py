@@ -4,18 +4,48 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
+import os
+import select
 import signal
 import sys
-import threading
 
 from .errors import SkyfuseError
 
 MODES = ("live", "lossless")
 
 
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM, so a stage finishes its current frame and shuts down cleanly."""
-    stop = threading.Event()
+class StopFlag:
+    """Set once to ask a stage to stop; readable and waitable from any thread.
+
+    Unlike threading.Event, `set` takes no lock, so a signal handler may call it at any moment: Python runs
+    handlers in the main thread between bytecodes, possibly while that very thread holds an Event's lock
+    (inside wait() or set()), and a handler that then takes the lock deadlocks the stage. Waiters sleep on
+    a pipe that `set` writes to."""
+
+    def __init__(self):
+        self._set = False
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._write_end, False)
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            os.write(self._write_end, b"!")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until set or `timeout` seconds passed; True when set."""
+        if not self._set:
+            select.select([self._read_end], [], [], timeout)
+        return self._set
+
+
+def stop_on_signals() -> StopFlag:
+    """A StopFlag set by SIGINT or SIGTERM, so a stage finishes its current frame and shuts down cleanly."""
+    stop = StopFlag()
 
     def handler(signum, _frame):
         stop.set()
@@ -37,6 +67,47 @@ def die_with_parent() -> None:
 
 def log(stage: str, message: str) -> None:
     print(f"[{stage}] {message}", file=sys.stderr, flush=True)
+
+
+class LauncherChannel:
+    """The control channel of a stage that `skyfuse run` started with `--handshake`: JSON lines, the stage's
+    reports on its original stdout and the launcher's answers on its stdin.
+
+    Reports: `{"event": "status", "doing": ...}` while starting (named in a time-out message) and
+    `{"event": "ready", ...}` once the stage can take frames at full rate. Anything else written to stdout
+    in this process (libraries print) goes to stderr from then on, so it is never taken for a report."""
+
+    def __init__(self):
+        self._reports = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+
+    def report(self, event: str, **fields) -> None:
+        try:
+            self._reports.write(json.dumps({"event": event, **fields}) + "\n")
+        except BrokenPipeError:
+            pass  # the launcher is gone; parent death stops this stage
+
+    def status(self, doing: str) -> None:
+        self.report("status", doing=doing)
+
+    def receive(self) -> dict | None:
+        """The launcher's next message; None once it closed the channel (the run is stopping)."""
+        line = sys.stdin.readline()
+        if not line:
+            return None
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            raise SkyfuseError(f"unreadable message from the launcher: {line[:80]!r}") from None
+        if not isinstance(message, dict):
+            raise SkyfuseError(f"unreadable message from the launcher: {line[:80]!r}")
+        return message
+
+
+def add_handshake_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--handshake", action="store_true",
+                        help="report readiness as JSON lines on stdout and take the launcher's answers on "
+                             "stdin: how `skyfuse run` starts every stage before the first frame")
 
 
 def add_mode_argument(parser: argparse.ArgumentParser) -> None:

@@ -21,9 +21,9 @@ link keys (pipeline.keys), a link is CURVE-encrypted and the receiver admits onl
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter, deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
@@ -31,6 +31,9 @@ import zmq
 from .errors import SkyfuseError
 from .frame import PIXEL_FORMATS, EndOfStream, Frame, pixel_format_of
 from .keys import RECEIVER, SENDER, LinkKeys
+
+if TYPE_CHECKING:
+    from .stage import StopFlag
 
 MAGIC = "skyfuse"
 VERSION = 1
@@ -176,7 +179,7 @@ class Sender:
     live mode never blocks: a frame that finds the queue full is dropped and counted."""
 
     def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "sent", high_water_mark: int = 4,
-                 stop: threading.Event | None = None, keys: LinkKeys | None = None):
+                 stop: StopFlag | None = None, keys: LinkKeys | None = None):
         self.endpoint, self.lossless, self.stop, self.stamp = endpoint, lossless, stop, stamp
         self.drops: Counter[str] = Counter()
         secret = keys.secret(SENDER) if keys is not None else None  # before a socket exists to leak

@@ -29,3 +29,11 @@ class FailingEngine(BlendEngine):
         if self.calls >= self.fail_at:
             raise RuntimeError("simulated engine failure")
         return super().fuse(visible, thermal)
+
+
+class SlowStartEngine(BlendEngine):
+    """A blend that takes `start_s` to build (a first-use model export, a GPU context and its graphs)."""
+
+    def __init__(self, start_s: float = 3.0):
+        time.sleep(start_s)
+        super().__init__()
