@@ -47,6 +47,7 @@ def test_device_data_path_on_cpu_matches_the_torch_engine():
     assert np.abs(got.registered.astype(int) - expected.registered).max() <= 1
     # the device path keeps Y unrounded (cv2 rounds it to 8 bits): inputs differ by < 0.5 gray level
     assert np.abs(got.flow - expected.flow).max() < 2e-3
+    assert device_engine.precision == "fp32"
     assert "fp32" in device_engine.describe() and "graphs off" in device_engine.describe()
 
 
@@ -76,3 +77,4 @@ def test_cuda_fp16_with_graphs_matches_the_cpu_reference():
         assert error <= 1e-2
         assert np.abs(got.flow - expected.flow).max() <= 1e-2 * max(1.0, np.abs(expected.flow).max())
     assert len(engine.graphs) == 2
+    assert engine.precision == "fp16 autocast" and "CUDA graphs on" in engine.describe()
