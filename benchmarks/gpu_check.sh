@@ -4,6 +4,11 @@
 #
 # On the GPU machine (device tool `run`; from the repo root; pyzmq and av travel as wheels in .whl/):
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# The wheels (about 35 MB; versions as in .venv, neither has runtime requirements), once, in the repo root:
+#   echo /.whl/ >> .git/info/exclude
+#   for w in pyzmq==27.3.0 av==18.1.0; do python3 -m pip download --no-deps --only-binary=:all: \
+#       --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$w"; done
 # Anywhere else, to check the script itself (no GPU: the GPU tests skip, the benchmark has no rows):
 #   PYTHON=.venv/bin/python OUT=/tmp/gc GPU_CHECK_PYTEST_ARGS=tests/test_engines_torch_cuda.py \
 #       bash benchmarks/gpu_check.sh
