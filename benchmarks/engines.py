@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                         row["peak_flop_fraction"] = 2e9 * gmac * row["frames_per_s"] / peaks[0]
                         row["peak_bandwidth_fraction"] = 1e6 * traffic_mb * row["frames_per_s"] / peaks[1]
                     rows.append(row)
+                    write_json(args.json, rows, device_name, args.threads)  # kept should a later one fail
                     print(f"{backend:11s} {name:20s} {width}x{height} b{batch:<3d} network p50 "
                           f"{row['network_p50_ms']:9.2f} ms ({row['network_ms_per_frame']:8.2f} ms/frame), "
                           f"engine {row['engine_ms_per_frame']:8.2f} ms/frame, {gmac:.2f} GMAC"
@@ -284,19 +285,24 @@ def main(argv: list[str] | None = None) -> int:
         if ref:
             row["speedup_vs_reference"] = ref["network_ms_per_frame"] / row["network_ms_per_frame"]
     print_table(rows)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"machine": platform.machine(), "python": platform.python_version(),
-                "torch": torch.__version__, "gpu": device_name, "threads": args.threads,
-                "cpu_count": os.cpu_count()}
-        try:
-            import onnxruntime
-
-            meta["onnxruntime"] = onnxruntime.__version__
-        except ImportError:
-            pass
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(args.json, rows, device_name, args.threads)
     return 0
+
+
+def write_json(path: str | None, rows: list[dict], device_name: str, threads: int) -> None:
+    """The rows so far and the machine's versions to `path` (nothing without one)."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "gpu": device_name, "threads": threads, "cpu_count": os.cpu_count()}
+    try:
+        import onnxruntime
+
+        meta["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    Path(path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
 def print_table(rows: list[dict]) -> None:
