@@ -2,7 +2,7 @@
 
 Two timings per configuration:
 - network: the backend alone on float32 (B, 1, H, W) tensors (ONNX Runtime / PyTorch / TensorRT calls;
-  for torch-cuda on device tensors, synchronised);
+  for torch-cuda on tensors uploaded to the device before timing, synchronised);
 - engine: host frames in -> fused frames out (engine.fuse on uint8 BGR + thermal: colour split, padding,
   copies, network, colour merge), per frame.
 And the data path of the fuse stage, from a raw visible frame (`--visible-size`, default 1280x720) and a
@@ -15,7 +15,9 @@ Also GMAC per frame (torch.utils.flop_counter on the meta device) and, on GPUs, 
 device's peak fp16 tensor FLOP rate and memory bandwidth (activation traffic estimated as every layer
 output written once and read once, plus the weights). UMF-CMGR's MRRN + DIFN (the paper's registration and
 fusion networks, without the CPSTN pseudo-infrared generator) is timed with the same backend at batch 1 as
-the reference for the speed ratio. Weights are untrained: timings do not depend on them.
+the reference for the speed ratio. Weights are untrained: timings do not depend on them. Each row names the
+precision the backend really computes in: the graph's for onnxruntime and tensorrt, fp32 for torch, and for
+torch-cuda fp16 autocast on a GPU (fp32 with --device cpu), with its CUDA graphs.
 
     .venv/bin/python benchmarks/engines.py --json out/bench/engines.json
     .venv/bin/python benchmarks/engines.py --backends torch-cuda --sizes 320x256,640x512,1280x1024 \\
@@ -102,7 +104,8 @@ def cost_per_frame(network, height: int, width: int) -> tuple[float, float]:
 
 def make_engine(backend: str, name: str, network, sizes, batches, threads: int, precision: str,
                 device: str = "cuda"):
-    """(engine, run(visible, thermal) for the network alone, synchronise())."""
+    """(engine, run(visible, thermal) for the network alone, synchronise(), to_inputs(host arrays) -> what
+    run takes: device tensors for torch-cuda, the arrays themselves for the others)."""
     geometry = network_geometry(network)
     if backend == "onnxruntime":
         import tempfile
@@ -113,12 +116,13 @@ def make_engine(backend: str, name: str, network, sizes, batches, threads: int, 
         path = Path(tempfile.mkdtemp()) / "model.onnx"
         export_network(network, path, model_name=name, precision=precision)
         runner = OnnxRuntimeBackend(path, threads=threads)
-        return LearnedEngine(runner, geometry, model=name, precision=precision), runner.run, lambda: None
+        return (LearnedEngine(runner, geometry, model=name, precision=precision), runner.run, lambda: None,
+                list)
     if backend == "torch":
         from engines.torch_backend import TorchBackend
 
         runner = TorchBackend(network, threads)
-        return LearnedEngine(runner, geometry, model=name), runner.run, lambda: None
+        return LearnedEngine(runner, geometry, model=name), runner.run, lambda: None, list
     if backend == "torch-cuda":
         import torch
 
@@ -126,10 +130,11 @@ def make_engine(backend: str, name: str, network, sizes, batches, threads: int, 
 
         engine = TorchCudaEngine(network, geometry, model=name, device=device)
 
-        def run(visible, thermal):
-            return engine.run_device(*(torch.from_numpy(t).to(device) for t in (visible, thermal)))
+        def to_inputs(arrays):
+            return [torch.from_numpy(a).to(engine.device) for a in arrays]
 
-        return engine, run, torch.cuda.synchronize if device == "cuda" else lambda: None
+        synchronise = torch.cuda.synchronize if engine.device.type == "cuda" else lambda: None
+        return engine, engine.run_device, synchronise, to_inputs
     if backend == "tensorrt":
         from engines.tensorrt_runtime import create_tensorrt_engine
 
@@ -137,7 +142,7 @@ def make_engine(backend: str, name: str, network, sizes, batches, threads: int, 
         batch = f"{min(batches)},{max(batches)},{max(batches)}"
         engine = create_tensorrt_engine(name, precision=precision, batch=batch, size=f"{w_max}x{h_max}",
                                         min_size=f"{w_min}x{h_min}", max_size=f"{w_max}x{h_max}")
-        return engine, engine.backend.run, lambda: None
+        return engine, engine.backend.run, lambda: None, list
     raise SystemExit(f"unknown backend {backend!r}")
 
 
@@ -227,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in networks:
             network = build_network(name)
             try:
-                engine, run, synchronise = make_engine(backend, name, network, sizes, batches, args.threads,
-                                                       args.precision, args.device)
+                engine, run, synchronise, to_inputs = make_engine(backend, name, network, sizes, batches,
+                                                                  args.threads, args.precision, args.device)
             except Exception as exc:  # a backend missing here: say so, go on with the others
                 print(f"{backend} {name}: not available ({exc})", file=sys.stderr)
                 continue
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 gmac, traffic_mb = cost_per_frame(network, *geometry.padded(height, width))
                 for batch in batches if name != REFERENCE else [1]:
                     ph, pw = geometry.padded(height, width)
-                    tensors = [rng.random((batch, 1, ph, pw), dtype=np.float32) for _ in range(2)]
+                    tensors = to_inputs([rng.random((batch, 1, ph, pw), dtype=np.float32) for _ in range(2)])
                     net_times = time_calls(lambda t=tensors, f=run: f(*t), synchronise, args.warmup,
                                            args.repeats, args.seconds)
                     pair = frames(rng, batch, height, width)
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.seconds)
                     p50, p99 = np.percentile(net_times, 50), np.percentile(net_times, 99)
                     row = {"backend": backend, "network": name, "width": width, "height": height,
-                           "batch": batch, "precision": getattr(engine, "precision", "fp32"),
+                           "batch": batch, "precision": engine.precision,
                            "network_p50_ms": 1e3 * p50, "network_p99_ms": 1e3 * p99,
                            "frames_per_s": batch / p50, "network_ms_per_frame": 1e3 * p50 / batch,
                            "engine_ms_per_frame": 1e3 * np.percentile(eng_times, 50) / batch,
@@ -260,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
                                     "unwarped_ms_per_frame": 1e3 * np.percentile(unwarped, 50) / batch,
                                     "unwarped_frames_per_s": batch / np.percentile(unwarped, 50)})
                     if backend == "torch-cuda":
-                        row["device"] = str(engine.device)
+                        row.update({"device": str(engine.device), "cuda_graphs": engine.cuda_graphs})
                     if backend in ("torch-cuda", "tensorrt") and peaks:
                         row["peak_flop_fraction"] = 2e9 * gmac * row["frames_per_s"] / peaks[0]
                         row["peak_bandwidth_fraction"] = 1e6 * traffic_mb * row["frames_per_s"] / peaks[1]
                     rows.append(row)
+                    write_json(args.json, rows, device_name, args.threads)  # kept should a later one fail
                     print(f"{backend:11s} {name:20s} {width}x{height} b{batch:<3d} network p50 "
                           f"{row['network_p50_ms']:9.2f} ms ({row['network_ms_per_frame']:8.2f} ms/frame), "
                           f"engine {row['engine_ms_per_frame']:8.2f} ms/frame, {gmac:.2f} GMAC"
@@ -279,19 +285,24 @@ def main(argv: list[str] | None = None) -> int:
         if ref:
             row["speedup_vs_reference"] = ref["network_ms_per_frame"] / row["network_ms_per_frame"]
     print_table(rows)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        meta = {"machine": platform.machine(), "python": platform.python_version(),
-                "torch": torch.__version__, "gpu": device_name, "threads": args.threads,
-                "cpu_count": os.cpu_count()}
-        try:
-            import onnxruntime
-
-            meta["onnxruntime"] = onnxruntime.__version__
-        except ImportError:
-            pass
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(args.json, rows, device_name, args.threads)
     return 0
+
+
+def write_json(path: str | None, rows: list[dict], device_name: str, threads: int) -> None:
+    """The rows so far and the machine's versions to `path` (nothing without one)."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "python": platform.python_version(),
+            "torch": torch.__version__, "gpu": device_name, "threads": threads, "cpu_count": os.cpu_count()}
+    try:
+        import onnxruntime
+
+        meta["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    Path(path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 
 
 def print_table(rows: list[dict]) -> None:
@@ -305,8 +316,9 @@ def print_table(rows: list[dict]) -> None:
         path = (f"{r['host_prewarp_ms_per_frame']:.2f} / {r['unwarped_ms_per_frame']:.2f} "
                 f"({r['visible_size']}) | {r['unwarped_frames_per_s']:.1f}") if "visible_size" in r else " | "
         device = f" ({r['device']})" if "device" in r else ""
-        print(f"| {r['backend']}{device} {r['precision']} | {r['network']} | {r['width']}x{r['height']} | "
-              f"{r['batch']} | "
+        graphs = ", CUDA graphs" if r.get("cuda_graphs") else ""
+        print(f"| {r['backend']}{device} {r['precision']}{graphs} | {r['network']} | "
+              f"{r['width']}x{r['height']} | {r['batch']} | "
               f"{r['network_p50_ms']:.1f} / {r['network_p99_ms']:.1f} | {r['frames_per_s']:.1f} | "
               f"{r['network_ms_per_frame']:.1f} | {r['engine_ms_per_frame']:.1f} | {path} | "
               f"{r['gmac_per_frame']:.2f} | {ratio} |")

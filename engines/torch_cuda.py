@@ -153,8 +153,14 @@ class TorchCudaEngine(Engine):
         flow = flow.permute(0, 2, 3, 1).contiguous()
         return FusionResult(fused=fused_bgr, registered=registered8.cpu().numpy(), flow=flow.cpu().numpy())
 
+    @property
+    def precision(self) -> str:
+        """What the network computes in: fp16 autocast on a GPU (float32 where autocast keeps it), else
+        fp32."""
+        return "fp16 autocast" if self.half else "fp32"
+
     def describe(self) -> str:
-        text = (f"torch-cuda ({self.device}, {'fp16 autocast' if self.half else 'fp32'}, "
+        text = (f"torch-cuda ({self.device}, {self.precision}, "
                 f"CUDA graphs {'on' if self.cuda_graphs else 'off'}) model={self.model or '?'}")
         return f"{text} ({self.selection})" if self.selection else text
 

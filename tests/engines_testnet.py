@@ -9,9 +9,11 @@ from torch import nn
 
 
 def pixel_grid(flow: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 2) grid_sample grid for a pixel flow, on the flow's device and in its dtype (float16 under
+    CUDA autocast), as engines/networks/warp.py builds it."""
     _, _, h, w = flow.shape
-    xs = (torch.arange(w, dtype=flow.dtype) * 2 + 1) / w - 1
-    ys = (torch.arange(h, dtype=flow.dtype) * 2 + 1) / h - 1
+    xs = (torch.arange(w, dtype=flow.dtype, device=flow.device) * 2 + 1) / w - 1
+    ys = (torch.arange(h, dtype=flow.dtype, device=flow.device) * 2 + 1) / h - 1
     gx, gy = xs.view(1, 1, w) + flow[:, 0] * (2.0 / w), ys.view(1, h, 1) + flow[:, 1] * (2.0 / h)
     return torch.stack((gx, gy), -1)
 
@@ -52,5 +54,6 @@ class PassThroughNet(nn.Module):
     def forward(self, visible: torch.Tensor, thermal: torch.Tensor):
         self.seen.append(tuple(visible.shape))
         b, _, h, w = visible.shape
-        flow = torch.tensor(self.flow, dtype=torch.float32).view(1, 2, 1, 1).expand(b, 2, h, w)
+        flow = torch.tensor(self.flow, dtype=visible.dtype, device=visible.device)
+        flow = flow.view(1, 2, 1, 1).expand(b, 2, h, w)
         return visible.clone(), thermal.clone(), flow.clone()

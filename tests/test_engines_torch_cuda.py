@@ -7,8 +7,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from engines_testnet import TinyFusionNet
+from engines_testnet import PassThroughNet, TinyFusionNet
 
+from engines.models import network_geometry
+from engines.networks import NETWORKS, build_network
 from engines.registry import create_engine
 from engines.torch_cuda import bgr_to_ycrcb, ycrcb_to_bgr
 
@@ -45,7 +47,22 @@ def test_device_data_path_on_cpu_matches_the_torch_engine():
     assert np.abs(got.registered.astype(int) - expected.registered).max() <= 1
     # the device path keeps Y unrounded (cv2 rounds it to 8 bits): inputs differ by < 0.5 gray level
     assert np.abs(got.flow - expected.flow).max() < 2e-3
+    assert device_engine.precision == "fp32"
     assert "fp32" in device_engine.describe() and "graphs off" in device_engine.describe()
+
+
+@pytest.mark.parametrize("name", ["TinyFusionNet", "PassThroughNet", *NETWORKS])
+def test_networks_make_their_tensors_on_the_inputs_device(name):
+    """Every tensor a network makes follows its inputs' device, so what passes on the CPU also runs on
+    cuda:0 (issue 20: a sampling grid built on the CPU failed only on a GPU). Checked on the meta device:
+    a tensor made on the CPU meets the meta inputs and raises, with no data and no GPU needed."""
+    test_networks = {"TinyFusionNet": TinyFusionNet, "PassThroughNet": PassThroughNet}
+    network = test_networks[name]() if name in test_networks else build_network(name, pretrained=False)
+    height, width = network_geometry(network).padded(64, 80)
+    inputs = [torch.rand(2, 1, height, width, device="meta") for _ in range(2)]
+    with torch.no_grad():
+        outputs = network.eval().to("meta")(*inputs)
+    assert [(o.device.type, o.shape[0], o.shape[-2:]) for o in outputs] == [("meta", 2, (height, width))] * 3
 
 
 @needs_cuda
@@ -60,3 +77,4 @@ def test_cuda_fp16_with_graphs_matches_the_cpu_reference():
         assert error <= 1e-2
         assert np.abs(got.flow - expected.flow).max() <= 1e-2 * max(1.0, np.abs(expected.flow).max())
     assert len(engine.graphs) == 2
+    assert engine.precision == "fp16 autocast" and "CUDA graphs on" in engine.describe()
