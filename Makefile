@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/transport.py --json out/bench/transport.json
 	$(BIN)/python -m benchmarks.pipeline_sustained --json out/bench/pipeline.json
+	$(BIN)/python -m benchmarks.sink --json out/bench/sink.json
 	$(BIN)/python benchmarks/engines.py --json out/bench/engines.json
 	$(BIN)/python benchmarks/calibration.py --json out/bench/calibration.json
 	$(BIN)/python benchmarks/metrics_reference.py --json out/bench/metrics.json

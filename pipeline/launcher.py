@@ -26,6 +26,7 @@ import yaml
 
 from .errors import SkyfuseError
 from .fuse import parse_size
+from .recorder import ENCODERS
 from .stage import MODES, StopFlag, die_with_parent, parse_options
 
 START_MARGIN_S = 0.3  # media time 0 lies this far after every stage reported ready
@@ -55,6 +56,7 @@ class RunConfig:
     hud: bool = True
     pip: bool = True
     colormap: bool = False
+    encoder: str = "auto"  # H.264 encoder: auto (h264_nvenc where it opens, else libx264) or either one
     live_view: int | None = None  # port; 0 picks a free one
     live_view_host: str | None = None  # address it listens on (default: loopback only)
     live_view_token: str | None = None  # access token (default: a random one off the loopback address)
@@ -66,6 +68,8 @@ class RunConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise SkyfuseError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.encoder not in ENCODERS:
+            raise SkyfuseError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if self.transport not in ("ipc", "tcp"):
             raise SkyfuseError(f"transport must be ipc or tcp, got {self.transport!r}")
         if Path(self.output).suffix.lower() not in (".mp4", ".mkv"):
@@ -199,7 +203,7 @@ class Launcher:
             fuse.append("--no-thumbnails")
         sink = ["sink", "--input", ends["sink"], "--output", c.output, "--stats", str(c.stats_path), *mode]
         sink += _flags(live_view=c.live_view, live_view_host=c.live_view_host,
-                       live_view_token=c.live_view_token, keys=c.keys)
+                       live_view_token=c.live_view_token, keys=c.keys, encoder=c.encoder)
         sink += [flag for flag, on in (("--no-hud", not c.hud), ("--no-pip", not c.pip),
                                        ("--colormap", c.colormap)) if on]
         # Receivers first: the sink, then the fuse stage, then the captures that feed it.
@@ -446,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address the live view listens on instead (it then asks for a token)")
     parser.add_argument("--live-view-token", metavar="TOKEN",
                         help="the live view's access token (default: random, in the logged URL)")
+    parser.add_argument("--encoder", choices=ENCODERS,
+                        help="H.264 encoder (default auto: h264_nvenc where it opens, else libx264)")
     parser.add_argument("--transport", choices=("ipc", "tcp"), help="links between stages (default ipc)")
     parser.add_argument("--keys", metavar="DIR", help="link keys from `skyfuse keys`: encrypt the links")
     for flag, text in (("hud", "the HUD overlay"), ("pip", "picture-in-picture of the inputs"),

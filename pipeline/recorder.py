@@ -6,10 +6,17 @@ soon as they are complete. `.mp4` is fragmented MP4 (an empty `moov` up front, t
 fragment at most every `fragment_s`); `.mkv` is Matroska, whose clusters are closed at the same
 interval. `flush_packets=1` makes libavformat hand every finished piece to the OS at once; without it
 the output sits in a 256 KiB buffer that a low-bitrate recording fills only every few seconds. A
-SIGKILL therefore loses at most the fragment being built (`fragment_s` of video); a file killed
-before its first fragment was complete holds no frames (an MP4 then opens empty, an MKV does not
-open). A power cut can also lose what the OS had not yet written to disk, so a background thread
-fsyncs both files every `fsync_s`.
+SIGKILL therefore loses at most the fragment being built (`fragment_s` of video) and the frames still
+waiting for the encoder (`queue_frames`); a file killed before its first fragment was complete holds no
+frames (an MP4 then opens empty, an MKV does not open). A power cut can also lose what the OS had not yet
+written to disk, so a background thread fsyncs both files every `fsync_s`.
+
+Why a thread: colour conversion and H.264 encoding cost about as much as a 1080p frame period on a CPU,
+so they run on an encoding thread fed through a bounded queue; `write` only checks the frame and hands
+it over (both OpenCV and FFmpeg release the GIL, so the two run on separate cores). A full queue makes
+`write` wait (back-pressure); `busy` lets a live caller drop instead. Frames are encoded in the order
+written, `close` encodes and muxes every queued frame, and a failure in the thread is raised by the next
+`write` or by `close` as a SkyfuseError.
 
 Time: `write(image, slot)` places the frame at `slot` on the source frame-rate grid (the first slot
 written is time 0); skipped slots leave a gap in time, so playback keeps the real timing when frames
@@ -20,7 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -33,21 +43,24 @@ import numpy as np
 from .errors import SkyfuseError
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska"}
+ENCODERS = ("auto", "libx264", "h264_nvenc")  # auto: h264_nvenc where it opens, else libx264
+MAX_ENCODER_THREADS = 8  # x264 slices per frame: more cost compression for little speed at 1080p
 
 
 @dataclass
 class RecorderConfig:
     """Encoder and container settings; the defaults suit live recording on a small CPU."""
 
-    codec: str = "libx264"
-    preset: str = "veryfast"  # x264 speed/size trade-off; 640x512 encodes in a few ms per frame
-    tune: str = "zerolatency"  # no lookahead or B-frames: each frame is muxed as soon as it is written
-    crf: int = 23  # constant quality (lower is better and larger)
+    codec: str = "auto"  # one of ENCODERS
+    preset: str = "veryfast"  # libx264 speed/size trade-off (h264_nvenc always uses its fastest, p1)
+    tune: str = "zerolatency"  # libx264: no lookahead or B-frames, each frame is muxed once written
+    crf: int = 23  # constant quality, lower is better and larger (libx264 crf, h264_nvenc cq)
     keyframe_interval_s: float = 1.0  # a player can start decoding at most this far before any point
     fragment_s: float = 0.5  # longest piece of video a kill can lose
     fsync_s: float | None = 1.0  # how often the files are forced to disk (None: leave it to the OS)
-    threads: int = 0  # encoder threads (0: libx264 decides)
-    extra_options: dict[str, str] = field(default_factory=dict)  # more libx264 options, passed as-is
+    threads: int = 0  # libx264 threads (0: one per core, at most MAX_ENCODER_THREADS)
+    queue_frames: int = 4  # frames that may wait for the encoding thread before `write` waits
+    extra_options: dict[str, str] = field(default_factory=dict)  # more encoder options, passed as-is
 
 
 def _frame_rate(fps: float | Fraction) -> Fraction:
@@ -66,6 +79,55 @@ def _container_options(fmt: str, config: RecorderConfig) -> dict[str, str]:
     else:
         options["cluster_time_limit"] = str(int(config.fragment_s * 1e3))  # milliseconds
     return options
+
+
+def _encoder_options(codec: str, config: RecorderConfig, gop: int) -> dict[str, str]:
+    """Low-latency constant-quality options for `codec`; each frame leaves the encoder as it goes in."""
+    if codec == "h264_nvenc":
+        options = {"preset": "p1", "tune": "ull", "zerolatency": "1", "delay": "0", "bf": "0",
+                   "rc": "vbr", "cq": str(config.crf)}
+    else:
+        options = {"preset": config.preset, "tune": config.tune, "crf": str(config.crf)}
+    return {**options, "g": str(gop), **config.extra_options}
+
+
+def encoder_threads(config: RecorderConfig) -> int:
+    """Threads libx264 gets: as configured, or one per core up to MAX_ENCODER_THREADS (libx264's own
+    choice, 1.5 per core, oversubscribes a small machine that also runs the other stages)."""
+    return config.threads or min(os.cpu_count() or 1, MAX_ENCODER_THREADS)
+
+
+def open_output(path: Path, rate: Fraction, size: tuple[int, int], codec: str,
+                config: RecorderConfig) -> tuple[av.container.OutputContainer, av.VideoStream]:
+    """The container at `path` with one opened H.264 stream of `size` (even) counting slots of 1/rate;
+    SkyfuseError if the encoder does not open (bad options, no such hardware)."""
+    fmt = CONTAINERS[path.suffix.lower()]
+    container = av.open(str(path), "w", format=fmt, container_options=_container_options(fmt, config))
+    try:
+        gop = max(1, round(float(rate) * config.keyframe_interval_s))
+        stream = container.add_stream(codec, rate=rate, options=_encoder_options(codec, config, gop))
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = 1 / rate  # pts counts slots
+        if codec == "libx264":
+            stream.codec_context.thread_count = encoder_threads(config)
+        stream.codec_context.open()  # now, so a bad option or a missing device fails here, not mid-run
+    except (av.FFmpegError, ValueError) as exc:
+        container.close()
+        raise SkyfuseError(f"cannot set up the {codec} encoder: {exc}") from exc
+    return container, stream
+
+
+def to_yuv420(image: np.ndarray, pad: tuple[int, int] = (0, 0)) -> av.VideoFrame:
+    """A yuv420p frame of a BGR or gray uint8 image, padded by `pad` (columns, rows) of replicated edge.
+
+    OpenCV's BGR->I420 (BT.601, limited range: what FFmpeg's own conversion gives, within rounding) is
+    several times faster than FFmpeg's, which is what encoding a BGR frame would otherwise use."""
+    if any(pad):
+        image = cv2.copyMakeBorder(image, 0, pad[1], 0, pad[0], cv2.BORDER_REPLICATE)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
 
 
 class _PeriodicFsync:
@@ -92,6 +154,8 @@ class _PeriodicFsync:
                 continue  # not created yet
             try:
                 os.fsync(fd)
+            except OSError:
+                pass  # not syncable (a device); a failing disk shows up as a write error instead
             finally:
                 os.close(fd)
 
@@ -111,10 +175,13 @@ def _prepare_output(path: Path) -> None:
 
 
 class Recorder:
-    """H.264 recorder (PyAV/libx264, yuv420p) into fragmented MP4 (`.mp4`) or Matroska (`.mkv`).
+    """H.264 recorder (PyAV, yuv420p) into fragmented MP4 (`.mp4`) or Matroska (`.mkv`), encoding on its
+    own thread.
 
     `size` is (width, height) of the images to be written, BGR (H, W, 3) or gray (H, W) uint8. yuv420p
-    needs even sizes: an odd width or height is padded by one replicated column or row.
+    needs even sizes: an odd width or height is padded by one replicated column or row. `codec` is the
+    encoder in use and `fallback` says why `auto` did not get h264_nvenc (None when it did or was not
+    asked to).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int],
@@ -125,77 +192,120 @@ class Recorder:
         self.size = (int(size[0]), int(size[1]))
         if min(self.size) <= 0:
             raise SkyfuseError(f"recording size must be positive, got {size}")
-        fmt = CONTAINERS.get(self.path.suffix.lower())
-        if fmt is None:
+        if self.path.suffix.lower() not in CONTAINERS:
             raise SkyfuseError(f"cannot record to {self.path}: use a .mp4 or .mkv file name")
         if self.config.fragment_s <= 0 or self.config.keyframe_interval_s <= 0:
             raise SkyfuseError("recorder fragment_s and keyframe_interval_s must be positive")
+        if self.config.codec not in ENCODERS:
+            raise SkyfuseError(f"unknown encoder {self.config.codec!r}; choose one of {', '.join(ENCODERS)}")
+        if self.config.queue_frames < 1:
+            raise SkyfuseError("recorder queue_frames must be at least 1")
         _prepare_output(self.path)
         width, height = self.size
         self._pad = (width % 2, height % 2)
+        coded = (width + self._pad[0], height + self._pad[1])
+        self.codec, self.fallback = self._open(coded)
         self.frames = 0
         self.last_slot: int | None = None
         self._first_slot = 0
-        self._container = av.open(str(self.path), "w", format=fmt,
-                                  container_options=_container_options(fmt, self.config))
-        try:
-            self._stream = self._add_video_stream(width + self._pad[0], height + self._pad[1])
-        except (av.FFmpegError, ValueError) as exc:
-            self._container.close()
-            raise SkyfuseError(f"cannot set up the {self.config.codec} encoder: {exc}") from exc
+        self._queue: queue.Queue = queue.Queue(maxsize=self.config.queue_frames)
+        self._error: SkyfuseError | None = None
+        self._error_reported = False
+        self._encode_ms: deque[float] = deque()
+        self._closed = False
+        self._thread = threading.Thread(target=self._encode_loop, name="recorder-encode", daemon=True)
+        self._thread.start()
         self._fsync = (_PeriodicFsync([self.path], self.config.fsync_s)
                        if self.config.fsync_s else None)
 
-    def _add_video_stream(self, width: int, height: int) -> av.VideoStream:
-        c = self.config
-        gop = max(1, round(float(self.rate) * c.keyframe_interval_s))
-        options = {"preset": c.preset, "tune": c.tune, "crf": str(c.crf), "g": str(gop), **c.extra_options}
-        stream = self._container.add_stream(c.codec, rate=self.rate, options=options)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = 1 / self.rate  # pts counts slots
-        stream.codec_context.thread_count = c.threads
-        stream.codec_context.open()  # now, so bad encoder options fail here rather than at the first frame
-        return stream
+    def _open(self, size: tuple[int, int]) -> tuple[str, str | None]:
+        """Open the container with the configured encoder; `auto` tries h264_nvenc, then libx264."""
+        if self.config.codec != "auto":
+            self._container, self._stream = open_output(self.path, self.rate, size, self.config.codec,
+                                                        self.config)
+            return self.config.codec, None
+        try:
+            self._container, self._stream = open_output(self.path, self.rate, size, "h264_nvenc", self.config)
+            return "h264_nvenc", None
+        except SkyfuseError as exc:
+            self._container, self._stream = open_output(self.path, self.rate, size, "libx264", self.config)
+            reason = getattr(exc.__cause__, "strerror", None) or exc.__cause__
+            return "libx264", f"h264_nvenc did not open ({reason}); using libx264"
+
+    @property
+    def busy(self) -> bool:
+        """Whether the encoder's queue is full, so that `write` would wait."""
+        return self._queue.full()
 
     def write(self, image: np.ndarray, slot: int) -> bool:
-        """Encode `image` at grid position `slot`; False (nothing written) unless slot > the last one."""
-        if self._container is None:
+        """Queue `image` for encoding at grid position `slot`; False (nothing written) unless slot > the
+        last one. Waits while the queue is full. The image is encoded later: do not change it afterwards."""
+        if self._closed:
             raise SkyfuseError(f"recording {self.path} is already closed")
+        self._raise_error()
         if self.last_slot is not None and slot <= self.last_slot:
             return False
         height, width = image.shape[:2]
         if (width, height) != self.size or image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise SkyfuseError(f"recording {self.path} takes {self.size[0]}x{self.size[1]} uint8 images, "
                                f"got shape {image.shape} dtype {image.dtype}")
-        if any(self._pad):
-            image = cv2.copyMakeBorder(image, 0, self._pad[1], 0, self._pad[0], cv2.BORDER_REPLICATE)
         if self.last_slot is None:
             self._first_slot = slot
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image),
-                                           format="gray" if image.ndim == 2 else "bgr24")
-        frame.pts = slot - self._first_slot
-        self._mux(self._stream.encode(frame))
+        self._queue.put((image, slot - self._first_slot, time.perf_counter()))
         self.last_slot = slot
         self.frames += 1
         return True
 
-    def _mux(self, packets: list) -> None:
+    def encode_times_ms(self) -> list[float]:
+        """Milliseconds from `write` to muxed of the frames finished since the last call."""
+        times = []
+        while self._encode_ms:
+            times.append(self._encode_ms.popleft())
+        return times
+
+    def _encode_loop(self) -> None:
+        """Encode and mux queued frames in order; after a failure keep taking (and dropping) them so
+        that a waiting `write` returns and raises, then finalise the container in every case."""
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                self._run(self._encode, *item)
+        if self._error is None:
+            self._run(self._flush)
+        self._run(self._container.close)
+
+    def _encode(self, image: np.ndarray, pts: int, queued: float) -> None:
+        frame = to_yuv420(image, self._pad)
+        frame.pts = pts
+        self._container.mux(self._stream.encode(frame))
+        self._encode_ms.append((time.perf_counter() - queued) * 1e3)
+
+    def _flush(self) -> None:
+        """Mux what the encoder still holds (none with the low-latency options, but keep it exact)."""
+        self._container.mux(self._stream.encode(None))
+
+    def _run(self, step, *args) -> None:
+        """Run one step of the encoding thread, keeping its first failure for the writer."""
         try:
-            self._container.mux(packets)
-        except OSError as exc:  # disk full, file system gone
-            raise SkyfuseError(f"writing recording {self.path} failed: {exc}") from exc
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 - disk full, encoder failure: whatever it is must reach the writer
+            self._error = self._error or SkyfuseError(f"encoding recording {self.path} failed: {exc}")
+
+    def _raise_error(self) -> None:
+        if self._error is not None and not self._error_reported:
+            self._error_reported = True
+            raise self._error
 
     def close(self) -> None:
-        """Flush the encoder and finalise the container; safe to call twice."""
-        if self._container is None:
+        """Encode and mux every queued frame, flush the encoder and finalise the container; raises a
+        failure of the encoding thread not raised yet. Safe to call twice."""
+        if self._closed:
             return
-        try:
-            self._mux(self._stream.encode(None))
-        finally:
-            self._container.close()
-            self._container = None
-            if self._fsync:
-                self._fsync.close()
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        if self._fsync:
+            self._fsync.close()
+        self._raise_error()
 
     def __enter__(self) -> Recorder:
         return self

@@ -4,6 +4,11 @@ Port: `input` (bound; the fuse stage connects). Each fused frame's capture time 
 source frame-rate grid, so the recording plays at the source rate and a dropped frame leaves a gap instead
 of speeding the video up. A JSON-lines sidecar gets one record per recorded frame (sequence numbers,
 capture times, per-hop latencies); `stats.json` gets every stage's statistics at the end.
+
+A frame counts as recorded once it is handed to the recorder's encoding thread (its place in the video is
+then fixed and the live view has it); the `encode` hop measures from there to muxed. When that thread falls
+behind, lossless mode waits for it (back-pressure), live mode drops the newest frame and counts it as
+`encoder_busy`, as the rest of the pipeline does in live mode.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .frame import EndOfStream, Frame, wall_ns
 from .hud import HudInfo, draw_hud, picture_in_picture, thermal_colormap
 from .keys import RECEIVER, add_keys_argument, link_keys
 from .liveview import LiveView, access_token
-from .recorder import Recorder, Sidecar
+from .recorder import ENCODERS, Recorder, RecorderConfig, Sidecar
 from .stage import (
     LauncherChannel,
     add_handshake_argument,
@@ -46,11 +51,12 @@ class SinkStage:
 
     def __init__(self, port: Receiver, *, output: Path, sidecar: Path | None, stats_path: Path | None,
                  hud: bool = True, pip: bool = True, colormap: bool = False,
-                 live_view: LiveView | None = None, progress_s: float = 1.0):
+                 live_view: LiveView | None = None, progress_s: float = 1.0, encoder: str = "auto"):
         self.port, self.output, self.stats_path = port, output, stats_path
         self.sidecar = Sidecar(sidecar) if sidecar else None
         self.hud, self.pip, self.colormap, self.live_view = hud, pip, colormap, live_view
         self.recorder: Recorder | None = None
+        self.recorder_config = RecorderConfig(codec=encoder)
         self.stats = StageStats(self.name)
         self.upstream: dict[str, dict] = {}
         self.drops: dict[str, int] = {}
@@ -80,7 +86,9 @@ class SinkStage:
         """Open the recorder at `size` (W, H) and `fps` (the source rate; None keeps the default)."""
         if isinstance(fps, (int, float)) and 0 < fps < 1000:
             self.fps = float(fps)
-        self.recorder = Recorder(self.output, self.fps, size)
+        self.recorder = Recorder(self.output, self.fps, size, self.recorder_config)
+        log(self.name, f"encoding {size[0]}x{size[1]} with {self.recorder.codec}"
+                       + (f" ({self.recorder.fallback})" if self.recorder.fallback else ""))
 
     def _record(self, frame: Frame) -> None:
         if self.recorder is None:
@@ -88,6 +96,9 @@ class SinkStage:
             self.open_recording((width, height), frame.meta.get("fps"))
         if self.first_capture_ns is None:
             self.first_capture_ns = frame.capture_ns
+        elif not self.port.lossless and self.recorder.busy:
+            self.stats.drops["encoder_busy"] += 1  # live: never wait for the encoder, keep latency flat
+            return
         image = self._compose(frame)
         if (image.shape[1], image.shape[0]) != self.recorder.size:
             if not self.resize_logged:
@@ -98,8 +109,9 @@ class SinkStage:
         slot = round((frame.capture_ns - self.first_capture_ns) * self.fps / 1e9)
         if self.recorder.last_slot is not None:
             slot = max(slot, self.recorder.last_slot + 1)  # capture jitter must not cost a frame
-        self.recorder.write(image, slot)
+        self.recorder.write(image, slot)  # the image is the recorder's now: nothing below changes it
         frame.stamp("recorded")
+        self._add_encode_times()
         self.stats.count_frame()
         self.recent.append(time.monotonic())
         latencies = {name: (frame.stamps[b] - frame.stamps[a]) / 1e6
@@ -131,13 +143,21 @@ class SinkStage:
                                     capture_wall_ns=frame.stamps.get("capture")))
         return image
 
+    def _add_encode_times(self) -> None:
+        for ms in self.recorder.encode_times_ms():
+            self.stats.add_latency("encode", ms)
+
     def _recent_fps(self) -> float:
         if len(self.recent) < 2 or self.recent[-1] == self.recent[0]:
             return 0.0
         return (len(self.recent) - 1) / (self.recent[-1] - self.recent[0])
 
     def _total_drops(self) -> int:
-        return sum(self.drops.values()) + sum(self.port.drops.values())
+        return sum(self.drops.values()) + sum(self._own_drops().values())
+
+    def _own_drops(self) -> dict[str, int]:
+        """This stage's drops: the input port's and the encoder's."""
+        return {**self.port.drops, **self.stats.drops}
 
     def _live_stats(self, latencies: dict[str, float]) -> dict:
         return {"frames": self.stats.frames, "fps": round(self._recent_fps(), 2),
@@ -153,26 +173,31 @@ class SinkStage:
                        f"latency p50 {p50:.0f} ms | drops {self._total_drops()}")
 
     def _finish(self) -> None:
-        if self.recorder is not None:
-            self.recorder.close()
-        if self.sidecar:
-            self.sidecar.close()
-        if self.live_view:
-            self.live_view.close()
-        if self.stats_path:
-            self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-            self.stats_path.write_text(json.dumps(self.report(), indent=2) + "\n")
+        """Finalise the recording (encoding what is queued), then close the rest and write the statistics
+        even when the recorder reports a failure."""
+        try:
+            if self.recorder is not None:
+                self.recorder.close()
+                self._add_encode_times()
+        finally:
+            if self.sidecar:
+                self.sidecar.close()
+            if self.live_view:
+                self.live_view.close()
+            if self.stats_path:
+                self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+                self.stats_path.write_text(json.dumps(self.report(), indent=2) + "\n")
 
     def summary(self) -> dict:
         summary = self.stats.summary()
-        summary["drops"] = dict(self.port.drops)
+        summary["drops"] = self._own_drops()
         return summary
 
     def report(self) -> dict:
         """Everything `stats.json` holds: the run, every stage, every drop by stage and reason;
         `drops_total` counts the steady-state drops, `drops_warmup` those of live sources before the run
         was ready."""
-        drops = {**self.drops, **{f"{self.name}:{k}": v for k, v in self.port.drops.items()}}
+        drops = {**self.drops, **{f"{self.name}:{k}": v for k, v in self._own_drops().items()}}
         for stage, stats in self.upstream.items():  # final counts from end-of-stream beat per-frame ones
             drops.update({f"{stage}:{k}": v for k, v in stats.get("drops", {}).items()})
         warmup = sum(v for k, v in drops.items() if k.endswith(":warmup"))
@@ -199,6 +224,9 @@ def main(argv: list[str]) -> int:
                         help="access token the live view asks for (default: none on a loopback address, a "
                              "random one, shown in the logged URL, on any other)")
     add_keys_argument(parser)
+    parser.add_argument("--encoder", choices=ENCODERS, default="auto",
+                        help="H.264 encoder: auto (h264_nvenc where it opens, else libx264), libx264 or "
+                             "h264_nvenc")
     parser.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
     add_handshake_argument(parser)
     args = parser.parse_args(argv)
@@ -219,7 +247,7 @@ def main(argv: list[str]) -> int:
     try:
         stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,
                           hud=not args.no_hud, pip=not args.no_pip, colormap=args.colormap,
-                          live_view=live_view, progress_s=args.progress)
+                          live_view=live_view, progress_s=args.progress, encoder=args.encoder)
         if channel:
             if not _open_recording_for_launcher(stage, channel):
                 log("sink", "the run stopped before it started")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import pipeline.recorder
 from pipeline.errors import SkyfuseError
 from pipeline.recorder import Recorder, RecorderConfig, Sidecar, iter_frames, read_sidecar, read_video
 
@@ -99,7 +102,9 @@ def test_bad_paths_and_images_give_clear_errors(tmp_path):
     with pytest.raises(SkyfuseError, match="frame rate"):
         Recorder(tmp_path / "video.mp4", 0, (96, 64))
     with pytest.raises(SkyfuseError, match="cannot set up the libx264 encoder"):
-        Recorder(tmp_path / "video.mp4", 30, (96, 64), RecorderConfig(preset="bogus"))
+        Recorder(tmp_path / "video.mp4", 30, (96, 64), RecorderConfig(codec="libx264", preset="bogus"))
+    with pytest.raises(SkyfuseError, match="unknown encoder 'x265'"):
+        Recorder(tmp_path / "video.mp4", 30, (96, 64), RecorderConfig(codec="x265"))
     with Recorder(tmp_path / "video.mp4", 30, (96, 64)) as recorder:
         with pytest.raises(SkyfuseError, match="96x64 uint8"):
             recorder.write(np.zeros((64, 97, 3), np.uint8), 0)
@@ -163,3 +168,80 @@ def test_config_controls_keyframe_interval(tmp_path):
     with av.open(str(path)) as container:
         keys = [i for i, packet in enumerate(container.demux(video=0)) if packet.is_keyframe]
     assert keys[:3] == [0, 5, 10]
+
+
+def _slow_conversion(monkeypatch, delay_s: float, fail_at: int | None = None) -> list[int]:
+    """Make the encoding thread's colour conversion slow (and fail at call `fail_at`); returns the
+    thread ids it ran on."""
+    convert, threads = pipeline.recorder.to_yuv420, []
+
+    def slow(image, pad=(0, 0)):
+        threads.append(threading.get_ident())
+        time.sleep(delay_s)
+        if fail_at is not None and len(threads) == fail_at:
+            raise ValueError("converter broke")
+        return convert(image, pad)
+
+    monkeypatch.setattr(pipeline.recorder, "to_yuv420", slow)
+    return threads
+
+
+def test_encoding_runs_off_the_callers_thread_in_order_with_back_pressure(tmp_path, monkeypatch):
+    threads = _slow_conversion(monkeypatch, 0.1)
+    path = tmp_path / "order.mkv"
+    config = RecorderConfig(queue_frames=2)
+    with Recorder(path, 30, (96, 64), config) as recorder:
+        started = time.perf_counter()
+        assert recorder.write(pattern(0), 0)
+        assert time.perf_counter() - started < 0.05  # handed over, not encoded, before it returns
+        for i in range(1, 8):
+            recorder.write(pattern(i), i)
+            assert recorder._queue.qsize() <= 2  # a full queue makes write wait: memory stays bounded
+        assert recorder.busy
+    assert threading.get_ident() not in threads
+    assert [decode_index(image) for _, image in iter_frames(path)] == list(range(8))
+    assert len(recorder.encode_times_ms()) == 8
+
+
+def test_close_encodes_and_muxes_every_queued_frame(tmp_path, monkeypatch):
+    _slow_conversion(monkeypatch, 0.01)
+    path = tmp_path / "flush.mp4"
+    recorder = Recorder(path, 30, (96, 64), RecorderConfig(queue_frames=64))
+    for i in range(40):
+        recorder.write(pattern(i), i)
+    assert recorder._queue.qsize() > 10  # most frames are still waiting when close is called
+    recorder.close()
+    assert [decode_index(image) for _, image in iter_frames(path)] == list(range(40))
+
+
+def test_a_failure_in_the_encoding_thread_reaches_the_writer_without_a_hang(tmp_path, monkeypatch):
+    _slow_conversion(monkeypatch, 0.0, fail_at=3)
+    path = tmp_path / "broken.mp4"
+    recorder = Recorder(path, 30, (96, 64), RecorderConfig(queue_frames=1))
+    with pytest.raises(SkyfuseError, match=r"encoding recording .*broken.mp4 failed: converter broke"):
+        for i in range(100):  # the writer would block on the full queue if the thread had died
+            recorder.write(pattern(i), i)
+    recorder.close()  # finalises what was encoded; the failure was already raised
+    assert [decode_index(image) for _, image in iter_frames(path)] == [0, 1]
+
+
+def test_a_disk_error_in_the_encoding_thread_is_raised_by_close(tmp_path):
+    path = tmp_path / "full.mp4"
+    path.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    recorder = Recorder(path, 30, (96, 64))
+    recorder.write(pattern(0), 0)
+    with pytest.raises(SkyfuseError, match="No space left on device"):
+        recorder.close()
+    recorder.close()
+
+
+def test_encoder_choice_falls_back_to_libx264_with_a_reason(tmp_path):
+    with Recorder(tmp_path / "auto.mp4", 30, (96, 64)) as recorder:
+        recorder.write(pattern(0), 0)
+    if recorder.codec == "h264_nvenc":
+        pytest.skip("this machine has an NVIDIA encoder")
+    assert recorder.codec == "libx264"
+    assert recorder.fallback.startswith("h264_nvenc did not open (")
+    with pytest.raises(SkyfuseError, match="cannot set up the h264_nvenc encoder"):
+        Recorder(tmp_path / "nvenc.mp4", 30, (96, 64), RecorderConfig(codec="h264_nvenc"))
+    assert read_video(tmp_path / "auto.mp4").frames == 1
