@@ -18,7 +18,7 @@
 # suite is known to be safe in parallel), GPU_CHECK_BUDGET_S (default 540: every step's limit is cut to
 # what is left of it, so the summary is written inside the device tool's 600 s).
 # Steps: wheels (installed into /tmp/site only when pyzmq or av do not import), then nvidia-smi and the
-# versions of Python and its packages are printed, then tests, engines, pipeline. The repo is not
+# versions of Python and its packages are printed, then engines, pipeline and the suite. The repo is not
 # pip-installed: PYTHONPATH holds it, and the stage processes (`python -m pipeline`) inherit it.
 # Writes into $OUT: gpu_check.log (everything printed), gpu_check.json (per step: exit code, seconds,
 # status; test counts, failures and skip reasons from the JUnit XML; benchmark row counts; versions),
@@ -208,13 +208,6 @@ main() {
     echo "== versions"
     versions "$VERSIONS"
 
-    # -rfEs: failures, errors and skip reasons in the short summary (a lone -rs would drop the failures)
-    local pytest_options=(-q -rfEs --durations=15 --junitxml="$OUT/tests.xml")
-    if "$PYTHON" -c 'import pytest_timeout' 2>/dev/null; then
-        pytest_options+=(--timeout=120)
-    fi
-    step tests 300 "$PYTHON" -m pytest "${pytest_options[@]}" "${PYTEST_SELECTION[@]}"
-
     # skyfuse-rt at 640x512 and 1280x1024, batch 1 and 16 (the targets: 640x512 at 1 and 16,
     # 1280x1024 at 16), each also from a raw 1280x720 visible frame pre-warped on the device
     # (fuse_unwarped); UMF-CMGR at batch 1 for the speed ratio
@@ -224,6 +217,14 @@ main() {
     # HD lossless, 640x512 live, the demo configuration and a cold start, engine auto; as a module, so
     # that benchmarks/engines.py does not shadow the engines package
     step pipeline 200 "$PYTHON" -m benchmarks.pipeline_sustained --suite gpu --json "$OUT/pipeline_gpu.json"
+
+    # The suite last: it takes what is left of the budget, so a slow suite never costs the benchmarks
+    # -rfEs: failures, errors and skip reasons in the short summary (a lone -rs would drop the failures)
+    local pytest_options=(-q -rfEs --durations=15 --junitxml="$OUT/tests.xml")
+    if "$PYTHON" -c 'import pytest_timeout' 2>/dev/null; then
+        pytest_options+=(--timeout=120)
+    fi
+    step tests 300 "$PYTHON" -m pytest "${pytest_options[@]}" "${PYTEST_SELECTION[@]}"
 
     summary
     ! awk -F '\t' '$1 != "pipeline" && $3 != 0 { found = 1 } END { exit !found }' "$STEPS"

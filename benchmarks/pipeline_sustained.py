@@ -109,7 +109,9 @@ def run_case(case: Case, workdir: Path) -> dict:
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
-        raise SystemExit(f"{case.name}: skyfuse run failed:\n{result.stderr[-2000:]}")
+        print(f"{case.name}: skyfuse run failed (exit {result.returncode}):\n{result.stderr[-2000:]}",
+              file=sys.stderr)
+        return {"case": case.name, "error": result.stderr.strip().splitlines()[-1:]}
     stats = json.loads(output.with_name("stats.json").read_text())
     sink = stats["stages"]["sink"]
     e2e = sink["latency"].get("end_to_end", {})
@@ -198,7 +200,7 @@ def main() -> int:
     for row in rows:
         print(_row(row))
     for row in rows:
-        if row["engine"]:
+        if row.get("engine"):
             print(f"{row['case']}: {row['engine']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +213,8 @@ HEADER = (f"{'case':<36}{'frames':>9}{'fps':>6}{'drops':>6}{'warmup':>7}{'p50 ms
 
 
 def _row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['case']:<36}failed: {r['error']}"
     def num(value, width, digits=1):
         return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
