@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+STAGES = ("capture", "sink")  # stage processes (and `fuse` with endpoints): they share the machine's cores
+
+
 def fuse_command(argv: list[str]) -> int:
     """`skyfuse fuse` names two things users expect: the pipeline's fuse stage, which listens on
     endpoints, and fusing one pair of image files; the flags tell them apart."""
@@ -35,6 +38,9 @@ def fuse_command(argv: list[str]) -> int:
         from training.fuse_pair import main as fuse_pair
         return fuse_pair(argv)
     from .fuse import main as fuse_stage
+    from .stage import share_cores
+
+    share_cores()
     return fuse_stage(argv)
 
 
@@ -55,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skyfuse: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, function_name = COMMANDS[name][0].split(":")
+    if name in STAGES:
+        from .stage import share_cores
+
+        share_cores()
     try:
         function = getattr(importlib.import_module(module_name), function_name)
         return int(function(rest) or 0)

@@ -242,7 +242,7 @@ def main(argv: list[str]) -> int:
                              token=access_token(args.live_view_host, args.live_view_token))
         log("sink", f"live view on {live_view.url}")
     sidecar = args.sidecar or args.output.with_name(args.output.name + ".frames.jsonl")
-    port = Receiver(args.input, lossless=args.mode == "lossless", stamp="sink_in", queue_size=2,
+    port = Receiver(args.input, lossless=args.mode == "lossless", stamp="sink_in", queue_size=4,
                     keys=link_keys(args.keys, RECEIVER))
     try:
         stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,

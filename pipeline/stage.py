@@ -55,6 +55,24 @@ def stop_on_signals() -> StopFlag:
     return stop
 
 
+STAGES_PER_MACHINE = 4  # two captures, the fuse stage and the sink share one machine under `skyfuse run`
+
+
+def share_cores() -> int:
+    """Give this stage process a fair share of the machine's cores for the thread pools of its libraries,
+    before they start: OpenCV and PyTorch otherwise each start one worker per core in every stage, and
+    four stages' pools (which also spin-wait between jobs) fight for the cores; a stage that waits for a
+    descheduled worker misses its frame period. Threads sleep between jobs (OMP_WAIT_POLICY=PASSIVE) for
+    the same reason; OMP_* settings the user made in the environment win. Returns the threads per pool."""
+    import cv2
+
+    threads = max(1, min(4, (os.cpu_count() or 1) // STAGES_PER_MACHINE))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cv2.setNumThreads(threads)
+    return threads
+
+
 def die_with_parent() -> None:
     """Ask Linux to send SIGTERM to this process when its parent dies, so a killed launcher leaves no
     orphans. Used as `preexec_fn`; a no-op where prctl is unavailable."""

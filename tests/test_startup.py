@@ -31,7 +31,7 @@ def test_live_run_over_the_synthetic_flight_waits_for_the_engine_and_drops_nothi
                      "--engine-options", "start_s=3", "--output", str(output))
     assert result.returncode == 0, result.stderr
     stats = stats_of(output)
-    assert stats["drops_total"] == 0, stats["drops"]
+    assert stats["drops_total"] == 0, (stats["drops"], result.stderr[-3000:])
     assert stats["drops_warmup"] == 0
     assert read_video(output).frames == 60
 
