@@ -59,6 +59,14 @@ def get(url: str) -> tuple[str, bytes]:
         return response.headers["Content-Type"], response.read()
 
 
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail the test if it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        time.sleep(0.005)
+
+
 def decode(jpeg: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
 
@@ -90,11 +98,15 @@ def test_stream_sends_successive_jpeg_parts(view):
 
 
 def test_stats_json_and_page(view):
-    time.sleep(0.05)  # the publisher has published at least once
-    content_type, body = get(view.url + "stats.json")
-    assert content_type == "application/json"
-    stats = json.loads(body)
-    assert stats["fps"] == 29.5 and stats["frames"] >= 0
+    def stats() -> dict:
+        content_type, body = get(view.url + "stats.json")
+        assert content_type == "application/json"
+        return json.loads(body)
+
+    wait_until(lambda: stats())  # {} until the publisher's first frame
+    first = stats()
+    assert first["fps"] == 29.5
+    wait_until(lambda: stats()["frames"] > first["frames"])  # the newest stats, not the first ones
     content_type, page = get(view.url)
     assert content_type.startswith("text/html") and b"/stream.mjpg" in page and b"/stats.json" in page
     with pytest.raises(urllib.error.HTTPError, match="404"):
