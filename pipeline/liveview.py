@@ -5,23 +5,31 @@ Routes: `/` (a page with the stream and the stats), `/stream.mjpg` (MJPEG, multi
 token every route needs it, as `?token=...` (what a browser can send) or `Authorization: Bearer ...`;
 anything else gets 401 and no video.
 
-The pipeline never waits on a viewer: `publish` stores the stats and, only while someone is watching
-and at most `max_fps` times a second, hands a copy of the image to an encoder thread (OpenCV releases
-the GIL while it encodes). Each viewer's thread sends the newest JPEG when it is ready for one, so a
-slow viewer skips frames instead of queueing them.
+Viewers must never slow the recording, whatever they do, so what they cost the sink is bounded:
+- `publish` never waits: it stores the stats and, only while someone is watching and at most `max_fps`
+  times a second, hands a copy of the image to an encoder thread (OpenCV releases the GIL while it
+  encodes). Each frame is encoded once, and that JPEG is shared by every viewer.
+- One thread serves every connection (asyncio), at most `max_connections` at once; the next one gets 503
+  with Retry-After. A client that has not sent its whole request head within `request_timeout_s` is
+  dropped (slowloris), as is a viewer that takes no frame for `send_timeout_s`.
+- A viewer is sent the newest JPEG once it has taken the previous one, so a slow viewer skips frames
+  instead of queueing them.
+`stats()` says how many connections and viewers there are, and how many were refused or dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
@@ -30,6 +38,8 @@ import numpy as np
 from .errors import SkyfuseError
 
 BOUNDARY = "skyfuseframe"
+HEAD_LIMIT = 16384  # bytes of request line and headers; a longer head gets 431
+REFUSE_LINGER_S = 1.0  # a refused client may still be sending its request: read it so that it gets the 503
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>skyfuse live view</title>
 <style>body{background:#111;color:#ddd;font-family:monospace;margin:1em}img{max-width:100%}</style></head>
@@ -52,6 +62,10 @@ class LiveViewConfig:
     jpeg_quality: int = 80
     snapshot_wait_s: float = 1.0  # how long /snapshot.jpg waits for a fresh frame before serving the last
     snapshot_linger_s: float = 2.0  # keep encoding this long after a snapshot (a page polling snapshots)
+    max_connections: int = 32  # open at once (a page holds its stream and polls the stats); more get 503
+    retry_after_s: int = 5  # what a refused client is told to wait before it tries again
+    request_timeout_s: float = 5.0  # for the whole request head, however slowly it trickles in
+    send_timeout_s: float = 10.0  # a viewer that takes no frame for this long is dropped
 
 
 def access_token(host: str, token: str | None) -> str | None:
@@ -74,37 +88,71 @@ def _json_default(value):
     return str(value)
 
 
+def _response_head(status: HTTPStatus, content_type: str, length: int | None = None,
+                   extra: tuple[str, ...] = ()) -> bytes:
+    """Status line and headers; without `length` the body ends when the connection closes (HTTP/1.0)."""
+    lines = [f"HTTP/1.0 {status.value} {status.phrase}", f"Content-Type: {content_type}",
+             "Cache-Control: no-store", "Connection: close", *extra]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _response(status: HTTPStatus, content_type: str, body: bytes, extra: tuple[str, ...] = ()) -> bytes:
+    return _response_head(status, content_type, len(body), extra) + body
+
+
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]] | None:
+    """(method, target, headers by lower-case name) of a request head, or None if it is not HTTP."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    return parts[0], parts[1], headers
+
+
 class LiveView:
-    """HTTP server on `host:port` (port 0 picks a free one; `.url` says which, with the token) in background
-    threads; with `token`, only requests that carry it are served."""
+    """HTTP server on `host:port` (port 0 picks a free one; `.url` says which, with the token) on a
+    background thread; with `token`, only requests that carry it are served."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, config: LiveViewConfig | None = None,
                  token: str | None = None):
         self.config = config or LiveViewConfig()
         self.token = token or None  # an empty token would admit an empty answer
         self.query = f"?token={quote(token, safe='')}" if self.token else ""
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # between publish and the encoder thread only
         self._pending: np.ndarray | None = None  # newest image waiting for the encoder
-        self._jpeg: bytes | None = None
-        self._jpeg_id = 0  # counts encoded JPEGs; viewers wait for it to change
         self._stats: dict = {}
-        self._viewers = 0
-        self._snapshot_until = 0.0
         self._next_encode = 0.0
         self._closed = False
+        # read by publish on the caller's thread, written on the server's: single values, no lock needed
+        self._viewers = 0
+        self._snapshot_until = 0.0
+        # the server thread's own state
+        self._jpeg: bytes | None = None
+        self._jpeg_id = 0  # counts encoded JPEGs
+        self._connections = 0  # admitted, not yet closed
+        self._counts = {"rejected": 0, "timed_out": 0, "stalled": 0}
+        self._tasks: set[asyncio.Task] = set()  # every connection's, refused ones too, to end them on close
         try:
-            self._server = _Server((host, port), _Handler)
+            sock = socket.create_server((host, port))
         except OSError as exc:
             raise SkyfuseError(f"cannot serve the live view on {host}:{port}: {exc.strerror or exc}") from exc
-        self._server.live_view = self
-        self.host, self.port = self._server.server_address[:2]
+        self.host, self.port = sock.getsockname()[:2]
         self.url = f"http://{host}:{self.port}/{self.query}"
-        # a short poll interval lets close() stop the server within 50 ms
-        self._threads = [threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
-                                          name="liveview-http"),
-                         threading.Thread(target=self._encode_loop, name="liveview-jpeg", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._loop = asyncio.new_event_loop()
+        self._fresh = asyncio.Event()  # set, and replaced, when a new JPEG is there
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, sock=sock, limit=HEAD_LIMIT))
+        self._http = threading.Thread(target=self._loop.run_forever, name="liveview-http", daemon=True)
+        self._encoder = threading.Thread(target=self._encode_loop, name="liveview-jpeg", daemon=True)
+        self._http.start()
+        self._encoder.start()
 
     def publish(self, image: np.ndarray, stats: dict) -> None:
         """Offer the newest frame and stats; returns at once, copying the image only when it will be shown."""
@@ -113,9 +161,44 @@ class LiveView:
         if self._closed or now < self._next_encode or not (self._viewers or now < self._snapshot_until):
             return
         self._next_encode = now + 1 / self.config.max_fps
+        copy = image.copy()  # the caller may reuse its buffer once we return
         with self._cond:
-            self._pending = image.copy()  # the caller may reuse its buffer once we return
-            self._cond.notify_all()
+            self._pending = copy
+            self._cond.notify()
+
+    def stats(self) -> dict[str, int]:
+        """Connections and viewers now; since the start, connections refused at the cap (`rejected`),
+        dropped for not finishing their request in time (`timed_out`) or for taking no frame (`stalled`),
+        and JPEGs encoded."""
+        return {"connections": self._connections, "viewers": self._viewers, **self._counts,
+                "jpegs": self._jpeg_id}
+
+    def admits(self, given: str | None) -> bool:
+        """Whether a request carrying `given` (None: no token) may see the view."""
+        if self.token is None:
+            return True
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def close(self) -> None:
+        """Stop serving: viewers are disconnected, the threads end and the port is free again."""
+        if self._closed:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._encoder.join()
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._http.join()
+        self._loop.close()
+
+    def __enter__(self) -> LiveView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # the encoder thread
 
     def _encode_loop(self) -> None:
         params = [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
@@ -126,129 +209,139 @@ class LiveView:
                     return
                 image, self._pending = self._pending, None
             ok, buffer = cv2.imencode(".jpg", image, params)
-            if not ok:
-                continue
-            with self._cond:
-                self._jpeg, self._jpeg_id = buffer.tobytes(), self._jpeg_id + 1
-                self._cond.notify_all()
+            if ok:
+                self._loop.call_soon_threadsafe(self._new_jpeg, buffer.tobytes())
 
-    def next_jpeg(self, after_id: int, timeout_s: float) -> tuple[int, bytes | None]:
-        """(id, JPEG) of the first JPEG newer than `after_id`, or the newest one after `timeout_s`
-        (None if there is none, or once the view is closed)."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._jpeg_id > after_id or self._closed, timeout_s)
-            return (self._jpeg_id, None) if self._closed else (self._jpeg_id, self._jpeg)
+    # the server thread
 
-    def snapshot(self) -> bytes | None:
-        """A JPEG of a frame published from now on, or the newest one if none comes within the wait."""
-        with self._cond:
-            self._snapshot_until = time.monotonic() + self.config.snapshot_linger_s
-            current = self._jpeg_id
-        return self.next_jpeg(current, self.config.snapshot_wait_s)[1]
+    def _new_jpeg(self, jpeg: bytes) -> None:
+        self._jpeg, self._jpeg_id = jpeg, self._jpeg_id + 1
+        fresh, self._fresh = self._fresh, asyncio.Event()
+        fresh.set()
 
-    def admits(self, given: str | None) -> bool:
-        """Whether a request carrying `given` (None: no token) may see the view."""
-        if self.token is None:
-            return True
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+    async def _shutdown(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def stats_json(self) -> bytes:
-        return json.dumps(self._stats, default=_json_default).encode()
-
-    def viewer(self, delta: int) -> None:
-        with self._cond:
-            self._viewers += delta
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Stop serving: viewers are disconnected, the threads end and the port is free again."""
-        if self._closed:
-            return
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
-        for thread in self._threads:
-            thread.join()
-
-    def __enter__(self) -> LiveView:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a viewer's connection must not keep the process alive
-    allow_reuse_port = False  # never share the port with another process
-    live_view: LiveView
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 10  # seconds a viewer may stall a send before it is dropped
-
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server dispatches to)
-        view = self.server.live_view
-        url = urlsplit(self.path)
-        route = url.path
-        if not view.admits(self._token(url.query)):
-            self._send(HTTPStatus.UNAUTHORIZED, "text/plain", b"live view: missing or wrong access token\n")
-        elif route == "/":
-            page = PAGE.replace("%QUERY%", view.query)  # the page's own requests carry the token too
-            self._send(HTTPStatus.OK, "text/html; charset=utf-8", page.encode())
-        elif route == "/stats.json":
-            self._send(HTTPStatus.OK, "application/json", view.stats_json())
-        elif route == "/snapshot.jpg":
-            jpeg = view.snapshot()
-            if jpeg is None:
-                self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: refuse it over the cap, else read its request within the time-out and answer."""
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        writer.transport.set_write_buffer_limits(high=0)  # drain() waits until the kernel took everything
+        admitted = self._connections < self.config.max_connections
+        if admitted:
+            self._connections += 1
+        try:
+            if not admitted:
+                await self._refuse(reader, writer)
+                return
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.config.request_timeout_s)
+            except TimeoutError:
+                self._counts["timed_out"] += 1
+                return
+            except asyncio.LimitOverrunError:
+                writer.write(_response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "text/plain",
+                                       b"request head too large\n"))
+                return
+            await self._answer(head, writer)
+        except TimeoutError:
+            self._counts["stalled"] += 1
+        except (asyncio.IncompleteReadError, OSError):
+            pass  # the client went away
+        except asyncio.CancelledError:
+            pass  # close() ends it; a task that ends cancelled makes Python 3.11's stream callback log it
+        finally:
+            if admitted:
+                self._connections -= 1
+            self._tasks.discard(task)
+            if writer.transport.get_write_buffer_size():
+                writer.transport.abort()  # a client that does not read would hold a graceful close forever
             else:
-                self._send(HTTPStatus.OK, "image/jpeg", jpeg)
-        elif route == "/stream.mjpg":
-            self._stream(view)
-        else:
-            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+                writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
-    def _token(self, query: str) -> str | None:
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._counts["rejected"] += 1
+        writer.write(_response(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain",
+                               b"live view: too many connections, try again later\n",
+                               (f"Retry-After: {self.config.retry_after_s}",)))
+        writer.write_eof()
+        with contextlib.suppress(TimeoutError):  # closing with its request unread would reset the connection
+            await asyncio.wait_for(self._discard(reader), REFUSE_LINGER_S)
+
+    @staticmethod
+    async def _discard(reader: asyncio.StreamReader) -> None:
+        while await reader.read(4096):
+            pass
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write `data`; a client that has not taken it all within the send time-out raises TimeoutError."""
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), self.config.send_timeout_s)
+
+    async def _answer(self, head: bytes, writer: asyncio.StreamWriter) -> None:
+        request = _parse_head(head)
+        if request is None:
+            await self._send(writer, _response(HTTPStatus.BAD_REQUEST, "text/plain", b"bad request\n"))
+            return
+        method, target, headers = request
+        url = urlsplit(target)
+        if method != "GET":
+            await self._send(writer, _response(HTTPStatus.METHOD_NOT_ALLOWED, "text/plain",
+                                               b"only GET\n", ("Allow: GET",)))
+        elif not self.admits(self._token(url.query, headers)):
+            await self._send(writer, _response(HTTPStatus.UNAUTHORIZED, "text/plain",
+                                               b"live view: missing or wrong access token\n"))
+        elif url.path == "/":
+            page = PAGE.replace("%QUERY%", self.query)  # the page's own requests carry the token too
+            await self._send(writer, _response(HTTPStatus.OK, "text/html; charset=utf-8", page.encode()))
+        elif url.path == "/stats.json":
+            body = json.dumps(self._stats, default=_json_default).encode()
+            await self._send(writer, _response(HTTPStatus.OK, "application/json", body))
+        elif url.path == "/snapshot.jpg":
+            jpeg = await self._snapshot()
+            if jpeg is None:
+                await self._send(writer, _response(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain",
+                                                   b"no frame yet\n"))
+            else:
+                await self._send(writer, _response(HTTPStatus.OK, "image/jpeg", jpeg))
+        elif url.path == "/stream.mjpg":
+            await self._stream(writer)
+        else:
+            await self._send(writer, _response(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"))
+
+    @staticmethod
+    def _token(query: str, headers: dict[str, str]) -> str | None:
         """The token the request carries: `?token=` or an `Authorization: Bearer` header."""
-        header = self.headers.get("Authorization", "")
+        header = headers.get("authorization", "")
         if header.startswith("Bearer "):
             return header.removeprefix("Bearer ").strip()
         return parse_qs(query).get("token", [None])[0]
 
-    def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+    async def _snapshot(self) -> bytes | None:
+        """A JPEG of a frame published from now on, or the newest one if none comes within the wait."""
+        self._snapshot_until = time.monotonic() + self.config.snapshot_linger_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fresh.wait(), self.config.snapshot_wait_s)
+        return self._jpeg
 
-    def _stream(self, view: LiveView) -> None:
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        view.viewer(+1)
+    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+        await self._send(writer, _response_head(HTTPStatus.OK,
+                                                f"multipart/x-mixed-replace; boundary={BOUNDARY}"))
+        self._viewers += 1
         try:
             sent = 0
-            while not view.closed:
-                jpeg_id, jpeg = view.next_jpeg(sent, timeout_s=0.5)
-                if jpeg is None or jpeg_id == sent:
+            while True:
+                if self._jpeg_id == sent:
+                    await self._fresh.wait()
                     continue
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                 f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
-                self.wfile.flush()
-                sent = jpeg_id
-        except OSError:
-            pass  # the viewer went away or stalled
+                sent, jpeg = self._jpeg_id, self._jpeg  # the newest: frames since the last one are skipped
+                await self._send(writer, f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                                         f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
         finally:
-            view.viewer(-1)
-
-    def log_message(self, format: str, *args) -> None:
-        pass  # one line per request would drown the pipeline's own log
+            self._viewers -= 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import statistics
 import threading
 import time
 import urllib.error
@@ -59,6 +61,14 @@ def get(url: str) -> tuple[str, bytes]:
         return response.headers["Content-Type"], response.read()
 
 
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail the test if it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        time.sleep(0.005)
+
+
 def decode(jpeg: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
 
@@ -90,11 +100,15 @@ def test_stream_sends_successive_jpeg_parts(view):
 
 
 def test_stats_json_and_page(view):
-    time.sleep(0.05)  # the publisher has published at least once
-    content_type, body = get(view.url + "stats.json")
-    assert content_type == "application/json"
-    stats = json.loads(body)
-    assert stats["fps"] == 29.5 and stats["frames"] >= 0
+    def stats() -> dict:
+        content_type, body = get(view.url + "stats.json")
+        assert content_type == "application/json"
+        return json.loads(body)
+
+    wait_until(lambda: stats())  # {} until the publisher's first frame
+    first = stats()
+    assert first["fps"] == 29.5
+    wait_until(lambda: stats()["frames"] > first["frames"])  # the newest stats, not the first ones
     content_type, page = get(view.url)
     assert content_type.startswith("text/html") and b"/stream.mjpg" in page and b"/stats.json" in page
     with pytest.raises(urllib.error.HTTPError, match="404"):
@@ -105,15 +119,16 @@ def test_nothing_is_encoded_without_viewers_and_rate_is_capped():
     with LiveView(port=0, config=LiveViewConfig(max_fps=5, snapshot_wait_s=0.2)) as live:
         for i in range(20):
             live.publish(frame(i), {})
-        assert live.next_jpeg(0, timeout_s=0.1) == (0, None)  # nobody watching: no JPEG work
+        time.sleep(0.1)  # the encoder would have had time for a JPEG
+        assert live.stats()["jpegs"] == 0  # nobody watching: no JPEG work
         with pytest.raises(urllib.error.HTTPError, match="503"):
             get(live.url + "snapshot.jpg")  # nothing published since the request
         started = time.monotonic()
         for i in range(50):  # a snapshot was asked for: encoding runs for a while
             live.publish(frame(i), {})
             time.sleep(0.002)
-        encoded, _ = live.next_jpeg(0, timeout_s=0.5)
-        assert 1 <= encoded <= 1 + (time.monotonic() - started) * 5
+        wait_until(lambda: live.stats()["jpegs"] >= 1)
+        assert live.stats()["jpegs"] <= 1 + (time.monotonic() - started) * 5
 
 
 def test_port_in_use_and_close_frees_it():
@@ -165,3 +180,74 @@ def test_a_token_is_made_up_for_any_address_but_loopback():
     assert access_token("0.0.0.0", "chosen") == "chosen" and access_token("127.0.0.1", "chosen") == "chosen"
     with pytest.raises(SkyfuseError, match="live view token is empty"):
         access_token("0.0.0.0", "")
+
+
+def connect(live: LiveView, request: bytes = b"") -> socket.socket:
+    """A raw client socket to `live` that has sent `request` (maybe only part of one)."""
+    client = socket.create_connection(("127.0.0.1", live.port), timeout=5)
+    client.sendall(request)
+    return client
+
+
+def test_connections_over_the_cap_get_503_with_retry_after():
+    with LiveView(port=0, config=LiveViewConfig(max_connections=2, retry_after_s=7)) as live:
+        held = [connect(live) for _ in range(2)]  # connected, no request yet: they count
+        wait_until(lambda: live.stats()["connections"] == 2)
+        with pytest.raises(urllib.error.HTTPError, match="503") as refused:
+            get(live.url + "stats.json")
+        assert refused.value.headers["Retry-After"] == "7"
+        assert live.stats()["rejected"] == 1
+        held.pop().close()
+        wait_until(lambda: live.stats()["connections"] == 1)
+        assert get(live.url + "stats.json") == ("application/json", b"{}")  # a freed slot is served
+        held.pop().close()
+
+
+def test_a_request_that_trickles_in_is_dropped_at_the_time_out():
+    with LiveView(port=0, config=LiveViewConfig(request_timeout_s=0.5)) as live:
+        client = connect(live, b"GET /stream.mjpg HTTP/1.1\r\n")
+        started = time.monotonic()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            while time.monotonic() - started < 5:  # a header line every 50 ms: each read gets something
+                client.sendall(b"X-Slow: 1\r\n")
+                time.sleep(0.05)
+        assert time.monotonic() - started < 2
+        assert live.stats()["timed_out"] == 1 and live.stats()["connections"] == 0
+        client.close()
+
+
+def test_publish_stays_fast_with_viewers_that_never_read():
+    config = LiveViewConfig(max_fps=100, max_connections=64, send_timeout_s=30)
+    noise = np.random.default_rng(0).integers(0, 256, (256, 320, 3), np.uint8)  # large JPEGs fill buffers
+    with LiveView(port=0, config=config) as live:
+        stalled = [connect(live, b"GET /stream.mjpg HTTP/1.1\r\n\r\n") for _ in range(50)]
+        wait_until(lambda: live.stats()["viewers"] == 50)
+        times = []
+        with urllib.request.urlopen(live.url + "stream.mjpg", timeout=5) as watching:
+            for i in range(100):
+                noise[0, 0] = i  # a new frame each time
+                started = time.perf_counter()
+                live.publish(noise, {})
+                times.append(time.perf_counter() - started)
+                time.sleep(0.01)
+            assert watching.readline() == f"--{BOUNDARY}\r\n".encode()  # a viewer that reads is served
+        assert statistics.median(times) < 0.002
+        assert live.stats()["jpegs"] >= 10 and live.stats()["viewers"] == 50
+        for client in stalled:
+            client.close()
+
+
+def test_a_viewer_that_takes_no_frame_for_the_send_time_out_is_dropped():
+    noise = np.random.default_rng(0).integers(0, 256, (256, 320, 3), np.uint8)
+    with LiveView(port=0, config=LiveViewConfig(max_fps=100, send_timeout_s=0.3)) as live:
+        client = connect(live, b"GET /stream.mjpg HTTP/1.1\r\n\r\n")
+        wait_until(lambda: live.stats()["viewers"] == 1)
+
+        def dropped() -> bool:
+            noise[0, 0] += 1
+            live.publish(noise, {})
+            return live.stats()["stalled"] == 1
+
+        wait_until(dropped)  # once the socket buffers are full, within the time-out
+        assert live.stats()["viewers"] == 0 and live.stats()["connections"] == 0
+        client.close()
