@@ -1,9 +1,9 @@
 """The capture stage: reads one source and sends its frames, stamped at capture, to a fuse stage.
 
 Port: `output` (connects to the fuse stage's input for this stream). Pacing: `native` replays files and
-the synthetic flight at their own frame rate (in live mode a frame already late by a frame period is
-skipped, as a real camera would lose it), `max` sends as fast as the receiver takes them. Cameras are
-always real time.
+the synthetic flight at their own frame rate (in live mode a source that falls behind skips, unread, the
+frames a newer one has replaced, as a real camera would lose them), `max` sends as fast as the receiver
+takes them. Cameras are always real time.
 
 Started by `skyfuse run` (`--handshake`), the stage opens its source, reads the first frame to report the
 stream's geometry (what the fuse stage warms its engine up for, and the recording's size and rate), and
@@ -82,21 +82,18 @@ class CaptureStage:
 
     def run(self, stop) -> dict:
         """Send frames until the source ends or `stop` is set; then send end-of-stream. Returns stats."""
-        period_ns = int(1e9 / self.source.fps) if self.source.fps > 0 else 0
         if self.epoch_ns is None:
             self.epoch_ns = time.monotonic_ns()
+        paced = self.pace and not self.source.live
         while not stop.is_set():
+            if paced and not self.output.lossless and self.first is None:
+                self._skip_late()
             item, self.first = self.first or self._read(), None
             if item is None:
                 break
             media_ns = self.epoch_ns + int(round(item.time_s * 1e9))
-            if self.pace and not self.source.live:
-                delay_ns = media_ns - time.monotonic_ns()
-                if delay_ns > 0:
-                    stop.wait(delay_ns / 1e9)
-                elif -delay_ns > period_ns and not self.output.lossless:
-                    self.stats.drops["late"] += 1  # live: keep to real time, like a camera would
-                    continue
+            if paced and media_ns > time.monotonic_ns():
+                stop.wait((media_ns - time.monotonic_ns()) / 1e9)
             capture_ns = time.monotonic_ns() if self.source.live else media_ns
             frame = Frame(stream=self.source.stream, seq=item.index, capture_ns=capture_ns, image=item.image,
                           meta={"fps": self.source.fps, "drops": self._drops()})
@@ -109,6 +106,13 @@ class CaptureStage:
         if not self.output.send_eos(eos, timeout_ms=10_000) and not stop.is_set():
             log(self.name, "no receiver took the end-of-stream message")
         return summary
+
+    def _skip_late(self) -> None:
+        """Live mode keeps a replay at real time as a camera would: frames already replaced by a newer one
+        are skipped before they cost a render or a decode, and counted as `late_skipped`."""
+        skipped = self.source.skip_late((time.monotonic_ns() - self.epoch_ns) / 1e9)
+        if skipped:
+            self.stats.drops["late_skipped"] += skipped
 
     def _read(self, counted: bool = True) -> SourceFrame | None:
         """The source's next frame, skipping (and counting) corrupt ones; None at its end."""

@@ -22,6 +22,10 @@ and TIFF files are kept as uint16; AGC happens downstream). Image sequences with
 (default 30); frame i of a sequence is row i (blank rows keep their index). Every frame of a source must
 have the size of its first frame; a frame of another size, or an undecodable file, raises CorruptFrame
 for that frame and the next read() continues. Problems with the spec itself raise SkyfuseError.
+
+A replay (files, the synthetic flight) that falls behind real time can `skip_late`: the frames a newer one
+has replaced are passed over without being decoded or rendered. A frame limit counts source frames (read,
+skipped or corrupt), so `frames=300` is always the first 10 s of a 30 fps source.
 """
 
 from __future__ import annotations
@@ -69,22 +73,43 @@ class Source(ABC):
 
     def __init__(self, stream: str, limit: int | None):
         self.stream, self.limit = stream, limit
-        self._delivered = 0
+        self.position = 0  # frames used up so far: read, skipped or corrupt; `limit` bounds it
         self._size: tuple[int, int] | None = None  # (height, width) of the first frame
 
     def read(self, counted: bool = True) -> SourceFrame | None:
         """The next frame, None at the end; `counted=False` reads one that does not count against `limit`
-        (a live source's frames that arrive before the run starts)."""
-        if counted and self.limit is not None and self._delivered >= self.limit:
+        (a live source's frames that arrive before the run starts). A corrupt frame counts too: `limit` is
+        a length of the source, not a number of good frames."""
+        if counted and self.limit is not None and self.position >= self.limit:
             return None
-        item = self._next()
+        try:
+            item = self._next()
+        except CorruptFrame:
+            if counted:
+                self.position += 1
+            raise
         if item is not None and counted:
-            self._delivered += 1
+            self.position += 1
         return item
+
+    def skip_late(self, now_s: float) -> int:
+        """Skip, without decoding or rendering them, the frames that a later frame has replaced by media time
+        `now_s`, so a replay that fell behind real time goes on with the frame due now instead of spending
+        its time on frames it would throw away. Skipped frames count against `limit`; returns how many."""
+        skipped = 0
+        while (self.limit is None or self.position + 1 < self.limit) and self._skip_if_replaced(now_s):
+            self.position += 1
+            skipped += 1
+        return skipped
 
     @abstractmethod
     def _next(self) -> SourceFrame | None:
         """The next frame without the length limit."""
+
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        """Move past the next frame, unread, if the frame after it is presented by `now_s`; False when it is
+        not, or when this source cannot tell (every frame is then read: live sources, plug-ins)."""
+        return False
 
     def close(self) -> None:
         """Release the device or file; reading afterwards is not allowed. Sources that hold nothing open
@@ -144,6 +169,12 @@ class SyntheticSource(Source):
         i, self._index = self._index, self._index + 1
         return SourceFrame(i, self._time(i), self._render(i))
 
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        if self._time(self._index + 1) > now_s:
+            return False
+        self._index += 1
+        return True
+
 
 class SyntheticCameraSource(SyntheticSource):
     """The synthetic flight as a live camera: frame i exists from i / fps after opening, and read() returns
@@ -178,16 +209,33 @@ class ImageSequenceSource(Source):
         self._row = 0
 
     def _next(self) -> SourceFrame | None:
-        while self._row < len(self.entries) and self.entries[self._row][0] is None:
-            self._row += 1
-        if self._row >= len(self.entries):
+        row = self._present_row(self._row)
+        if row is None:
+            self._row = len(self.entries)
             return None
-        row, (path, time_s) = self._row, self.entries[self._row]
-        self._row += 1
+        self._row = row + 1
+        path = self.entries[row][0]
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise CorruptFrame(f"cannot decode image {path}")
-        return SourceFrame(row, row / self.fps if time_s is None else time_s, self._conform(image, str(path)))
+        return SourceFrame(row, self._row_time(row), self._conform(image, str(path)))
+
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        row = self._present_row(self._row)
+        following = None if row is None else self._present_row(row + 1)
+        if following is None or self._row_time(following) > now_s:
+            return False
+        self._row = row + 1
+        return True
+
+    def _present_row(self, start: int) -> int | None:
+        """The first row from `start` on that names a file (blank rows are missing frames)."""
+        return next((row for row in range(start, len(self.entries)) if self.entries[row][0] is not None),
+                    None)
+
+    def _row_time(self, row: int) -> float:
+        time_s = self.entries[row][1]
+        return row / self.fps if time_s is None else time_s
 
 
 class CaptureSource(Source):
@@ -216,6 +264,16 @@ class CaptureSource(Source):
         i, self._index = self._index, self._index + 1
         time_s = time.monotonic() - self._start if self.live else i / self.fps
         return SourceFrame(i, time_s, self._conform(image, f"{self.name} frame {i}"))
+
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        # grab() without retrieve(): FFmpeg still decodes the frame (later ones depend on it) but skips the
+        # conversion to BGR and the copy, most of a frame's cost at HD.
+        following = self._index + 1
+        at_last = self.frame_count is not None and following >= self.frame_count
+        if self.live or at_last or following / self.fps > now_s or not self.capture.grab():
+            return False
+        self._index += 1
+        return True
 
     def close(self) -> None:
         self.capture.release()

@@ -199,3 +199,42 @@ def test_wisard_pairs_csv_columns():
     visible = open_source(pairs + "#visible", "visible", frames=2)
     assert visible.frame_count == 2
     assert visible.read().image.shape == (1080, 1920, 3)
+
+
+# ------------------------------------------------------------------------ skipping frames when late
+
+def test_skip_late_jumps_the_synthetic_flight_to_the_frame_due_without_rendering(monkeypatch):
+    source = open_source(SMALL, "visible", frames=10)
+    monkeypatch.setattr(source, "_render", lambda i: pytest.fail(f"rendered skipped frame {i}"))
+    assert source.skip_late(now_s=0.2) == 6  # frames 0..5 replaced by frame 6, due at 0.2 s
+    monkeypatch.undo()
+    assert source.read().index == 6
+    assert source.skip_late(now_s=0.21) == 0  # frame 7 (0.233 s) is not due yet
+    assert source.skip_late(now_s=5.0) == 2  # the limit keeps the last frame to read
+    assert source.read().index == 9 and source.read() is None
+
+
+def test_skip_late_follows_a_csvs_times_and_missing_rows(tmp_path):
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), _gradient(20, 10, i))
+    (tmp_path / "frames.csv").write_text("path,time_s\n0.png,0.0\n,0.1\n1.png,0.2\n2.png,0.3\n3.png,0.4\n")
+    source = open_source(str(tmp_path / "frames.csv"), "thermal")
+    assert source.skip_late(now_s=0.25) == 1  # 0.png is replaced by 1.png at 0.2 s; 2.png is not due
+    assert source.read().time_s == 0.2
+    assert source.skip_late(now_s=1.0) == 1
+    assert source.read().time_s == 0.4 and source.read() is None
+
+
+def test_skip_late_grabs_video_frames_without_retrieving_them(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    for i in range(6):
+        writer.write(cv2.cvtColor(_gradient(96, 64, i * 10), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    source = open_source(str(path), "thermal")
+    assert source.skip_late(now_s=0.3) == 3
+    frame = source.read()
+    assert frame.index == 3 and frame.time_s == pytest.approx(0.3)
+    assert int(frame.image[0, 0]) == pytest.approx(30, abs=3)
+    assert source.skip_late(now_s=10.0) == 1  # frame 5 is the last one: it is read, not skipped
+    assert source.read().index == 5 and source.read() is None
