@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import cv2
 import numpy as np
+import pytest
 
 from pipeline.capture import CaptureStage
+from pipeline.errors import SkyfuseError
 from pipeline.frame import EndOfStream, Frame
-from pipeline.sources import Source, SyntheticSource
+from pipeline.sources import Source, SyntheticSource, open_source
 from pipeline.stage import StopFlag
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 from pipeline.wire import Receiver, Sender
@@ -85,3 +90,164 @@ def test_a_live_replay_slower_than_its_rate_skips_ahead_and_delivers_what_it_can
     ages = [arrived - frame.capture_ns / 1e9 for arrived, frame in frames]
     assert np.median(ages[-len(ages) // 4:]) < 0.25
     assert [f.seq for _, f in frames] == sorted({f.seq for _, f in frames})
+
+
+# ------------------------------------------------------------------------------- network streams
+
+class MjpegServer:
+    """An HTTP MJPEG camera (multipart/x-mixed-replace JPEGs at `fps`) that can be switched off and on
+    again on the same port, or `paused`: connections stay open but nothing is sent (a stalled stream)."""
+
+    def __init__(self, fps: float = 30.0):
+        self.fps, self.port = fps, 0
+        self.jpegs = [cv2.imencode(".jpg", np.full((96, 128, 3), 20 * i, np.uint8))[1].tobytes()
+                      for i in range(10)]
+        self.paused = threading.Event()
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def start(self) -> None:
+        server, serving = self, threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                for i in iter(int, 1):
+                    if not serving.is_set():
+                        return
+                    if not server.paused.is_set():
+                        jpeg = server.jpegs[i % len(server.jpegs)]
+                        head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                        try:
+                            self.wfile.write(head.encode() + jpeg + b"\r\n")
+                        except OSError:
+                            return
+                    time.sleep(1 / server.fps)
+
+        serving.set()
+        self._serving = serving
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop listening and close every connection."""
+        self._serving.clear()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def capture_in_background(source: Source, endpoint: str) -> tuple[threading.Thread, StopFlag, dict]:
+    stop, result = StopFlag(), {}
+    thread = threading.Thread(target=lambda: result.update(zip(("summary", "frames"),
+                                                               run_capture(source, endpoint, stop))))
+    thread.start()
+    return thread, stop, result
+
+
+def arrivals_after(frames: list, moment: float) -> list[tuple[float, Frame]]:
+    return [(arrived, frame) for arrived, frame in frames if arrived > moment]
+
+
+def test_an_http_stream_that_goes_away_is_reconnected_and_the_run_goes_on(tmp_path, capsys):
+    server = MjpegServer()
+    source = open_source(server.url, "visible", open_timeout=2, stall_timeout=2)
+    thread, stop, result = capture_in_background(source, f"ipc://{tmp_path}/visible")
+    try:
+        time.sleep(1.5)
+        server.stop()
+        down = time.monotonic()
+        time.sleep(3)
+        server.start()
+        back = time.monotonic()
+        time.sleep(2.5)
+    finally:
+        stop.set()
+        thread.join(20)
+        server.stop()
+    frames = result["frames"]
+    before = [frame for arrived, frame in frames if arrived < down]
+    after = arrivals_after(frames, back)
+    assert len(before) >= 20 and len(after) >= 20, (len(before), len(after))
+    first_arrival, first = after[0]
+    assert first_arrival - back <= 2.0  # reconnected within 2 s of the server being back
+    # The outage stays a gap in capture time, and the first frame after it says how long it was.
+    gap_s = (first.capture_ns - before[-1].capture_ns) / 1e9
+    assert gap_s >= 3 and first.meta["stalled_s"] == pytest.approx(gap_s, abs=0.5)
+    assert first.meta["reconnects"] >= 1 and before[-1].meta["stalled_s"] == 0
+    assert result["summary"]["reconnects"] >= 1 and result["summary"]["signal_lost_s"] >= 3
+    log = capsys.readouterr().err
+    assert "signal lost" in log and "signal back after" in log
+
+
+def test_a_stream_that_stalls_is_noticed_within_the_stall_time_out_and_reconnected(tmp_path):
+    server = MjpegServer()
+    source = open_source(server.url, "thermal", open_timeout=1, stall_timeout=1)
+    thread, stop, result = capture_in_background(source, f"ipc://{tmp_path}/thermal")
+    try:
+        time.sleep(1.5)
+        server.paused.set()
+        time.sleep(3)
+        server.paused.clear()
+        resumed = time.monotonic()
+        time.sleep(2.5)
+    finally:
+        stop.set()
+        thread.join(20)
+        server.stop()
+    after = arrivals_after(result["frames"], resumed)
+    assert len(after) >= 20
+    assert after[0][0] - resumed <= 2.5  # at most an open time-out and a back-off step
+    assert result["summary"]["reconnects"] >= 1
+
+
+def test_opening_a_server_that_accepts_but_never_answers_times_out():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # the kernel completes the handshake; nobody ever reads or answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(SkyfuseError, match="cannot open stream .* within 1 s"):
+            open_source(f"http://127.0.0.1:{silent.getsockname()[1]}/live", "visible", open_timeout=1)
+        assert time.monotonic() - started < 4
+    finally:
+        silent.close()
+
+
+# ----------------------------------------------------------------------------------- damaged files
+
+def test_a_truncated_video_is_reported_and_its_missing_frames_counted(tmp_path, capsys):
+    path = tmp_path / "clip.mkv"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (96, 64))
+    for i in range(20):
+        writer.write(np.full((64, 96, 3), 10 * i, np.uint8))
+    writer.release()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    source = open_source(str(path), "visible")
+    assert source.frame_count == 20  # what the header says
+    summary, frames = run_capture(source, f"ipc://{tmp_path}/visible")
+    assert 0 < len(frames) < 20
+    assert summary["drops"]["ended_early"] == 20 - len(frames) - summary["drops"].get("late_skipped", 0)
+    assert f"ended after {20 - summary['drops']['ended_early']} of the 20 frames" in capsys.readouterr().err
+
+
+def test_files_gone_mid_run_are_counted_and_logged_once(tmp_path, capsys):
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((10, 20), i, np.uint8))
+    source = open_source(str(tmp_path), "thermal", fps=60)
+    for i in range(2, 6):
+        (tmp_path / f"{i}.png").unlink()
+    summary, frames = run_capture(source, f"ipc://{tmp_path}/thermal")
+    assert len(frames) == 2 and summary["drops"]["missing_file"] == 4
+    assert "ended_early" not in summary["drops"]
+    log = capsys.readouterr().err
+    assert log.count("file gone") == 1 and "only counted as missing_file" in log

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SkyfuseError
-from pipeline.sources import CorruptFrame, open_source
+from pipeline.sources import CorruptFrame, MissingFile, open_source
 from pipeline.synthetic import FlightConfig
 
 SMALL = "synthetic:visible_size=320x180,thermal_size=160x128"
@@ -238,3 +238,31 @@ def test_skip_late_grabs_video_frames_without_retrieving_them(tmp_path):
     assert int(frame.image[0, 0]) == pytest.approx(30, abs=3)
     assert source.skip_late(now_s=10.0) == 1  # frame 5 is the last one: it is read, not skipped
     assert source.read().index == 5 and source.read() is None
+
+
+# --------------------------------------------------------------------------- damaged or vanished files
+
+def test_truncated_jpeg_is_a_corrupt_frame_not_a_grey_half_image(tmp_path):
+    ok, jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8))
+    (tmp_path / "0.jpg").write_bytes(jpeg.tobytes())
+    (tmp_path / "1.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])
+    source = open_source(str(tmp_path), "visible")
+    assert source.read().image.shape == (60, 80, 3)
+    with pytest.raises(CorruptFrame, match="truncated JPEG .*1.jpg") as caught:
+        source.read()
+    assert caught.value.reason == "corrupt_frame"
+    assert source.read() is None and source.position == 2
+
+
+def test_files_deleted_mid_run_are_missing_not_the_end(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), _gradient(20, 10, i))
+    source = open_source(str(tmp_path), "thermal")
+    assert source.read().index == 0
+    for i in (1, 2):
+        (tmp_path / f"{i}.png").unlink()
+    for i in (1, 2):
+        with pytest.raises(MissingFile, match=f"file gone: .*{i}.png") as caught:
+            source.read()
+        assert caught.value.reason == "missing_file"
+    assert source.read() is None
