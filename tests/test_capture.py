@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 import pytest
+from test_end_to_end import skyfuse
 
 from pipeline.capture import CaptureStage
 from pipeline.errors import SkyfuseError
@@ -210,17 +211,29 @@ def test_a_stream_that_stalls_is_noticed_within_the_stall_time_out_and_reconnect
     assert result["summary"]["reconnects"] >= 1
 
 
-def test_opening_a_server_that_accepts_but_never_answers_times_out():
+@pytest.fixture
+def silent_url():
+    """A server that accepts connections (the kernel completes the handshake) but never reads or answers."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
-    silent.listen()  # the kernel completes the handshake; nobody ever reads or answers
-    try:
-        started = time.monotonic()
-        with pytest.raises(SkyfuseError, match="cannot open stream .* within 1 s"):
-            open_source(f"http://127.0.0.1:{silent.getsockname()[1]}/live", "visible", open_timeout=1)
-        assert time.monotonic() - started < 4
-    finally:
-        silent.close()
+    silent.listen()
+    yield f"http://127.0.0.1:{silent.getsockname()[1]}/live"
+    silent.close()
+
+
+def test_opening_a_server_that_never_answers_times_out(silent_url):
+    started = time.monotonic()
+    with pytest.raises(SkyfuseError, match="cannot open stream .* within 1 s"):
+        open_source(silent_url, "visible", open_timeout=1)
+    assert time.monotonic() - started < 4
+
+
+def test_skyfuse_run_takes_the_open_time_out(silent_url, tmp_path):
+    started = time.monotonic()
+    result = skyfuse("run", "--visible", silent_url, "--thermal", "synthetic", "--open-timeout", "1",
+                     "--output", str(tmp_path / "fused.mp4"), timeout=60)
+    assert result.returncode == 2 and "within 1 s" in result.stderr
+    assert time.monotonic() - started < 15
 
 
 # ----------------------------------------------------------------------------------- damaged files
