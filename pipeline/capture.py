@@ -96,7 +96,7 @@ class CaptureStage:
             elif self._read(stop, counted=False) is not None:
                 self.stats.drops["warmup"] += 1
             else:
-                break  # the live source ended before the run started
+                break  # stopped while the signal was lost (or a plug-in live source ended)
 
     def run(self, stop) -> dict:
         """Send frames until the source ends or `stop` is set; then send end-of-stream. Returns stats."""
