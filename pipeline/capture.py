@@ -1,14 +1,20 @@
 """The capture stage: reads one source and sends its frames, stamped at capture, to a fuse stage.
 
 Port: `output` (connects to the fuse stage's input for this stream). Pacing: `native` replays files and
-the synthetic flight at their own frame rate (in live mode a frame already late by a frame period is
-skipped, as a real camera would lose it), `max` sends as fast as the receiver takes them. Cameras are
-always real time.
+the synthetic flight at their own frame rate (in live mode a source that falls behind skips, unread, the
+frames a newer one has replaced, as a real camera would lose them), `max` sends as fast as the receiver
+takes them. Cameras are always real time.
 
 Started by `skyfuse run` (`--handshake`), the stage opens its source, reads the first frame to report the
 stream's geometry (what the fuse stage warms its engine up for, and the recording's size and rate), and
 waits for the run's epoch: files and the synthetic flight simply wait, keeping that first frame; a live
 source cannot wait, so its frames are read and dropped as `warmup` until the epoch arrives.
+
+A live source that loses its signal reconnects until the run ends (`reconnects` in the statistics, each
+outage logged); its frames carry `stalled_s` (how long the source sent nothing before this frame, 0 while
+frames flow) and `reconnects` in their metadata, so later stages can show the outage. A corrupt or vanished
+file is logged once per reason and counted (`corrupt_frame`, `missing_file`); a video that ends before the
+frame count in its header is logged and its missing frames counted as `ended_early`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,15 @@ from pathlib import Path
 
 from .frame import EndOfStream, Frame
 from .keys import SENDER, add_keys_argument, link_keys
-from .sources import CorruptFrame, Source, SourceFrame, open_source
+from .sources import (
+    DEFAULT_OPEN_TIMEOUT_S,
+    DEFAULT_STALL_TIMEOUT_S,
+    CorruptFrame,
+    SignalLost,
+    Source,
+    SourceFrame,
+    open_source,
+)
 from .stage import (
     LauncherChannel,
     StopFlag,
@@ -42,11 +56,15 @@ class CaptureStage:
         self.name = f"capture.{source.stream}"
         self.stats = StageStats(self.name)
         self.first: SourceFrame | None = None  # read ahead for its geometry, sent first
-        self._corrupt_logged = False
+        self._logged: set[str] = set()  # drop reasons already explained in the log
+        self._last_frame_at: float | None = None  # monotonic time the source last gave a frame
+        self._lost_since: float | None = None  # while the signal is lost: when the last frame came
+        self._stalled_s = 0.0  # the outage that ended with the frame just read
+        self.signal_lost_s = 0.0  # all outages of the run together
 
-    def geometry(self) -> dict | None:
+    def geometry(self, stop: StopFlag) -> dict | None:
         """Read the first frame (kept for run()) and describe the stream; None for an empty source."""
-        self.first = self._read(counted=not self.source.live)  # a live source drops it: not one of --frames
+        self.first = self._read(stop, counted=not self.source.live)  # live: dropped, not one of --frames
         if self.first is None:
             return None
         image = self.first.image
@@ -75,51 +93,93 @@ class CaptureStage:
         while not answered.is_set() and not stop.is_set():
             if not self.source.live:
                 answered.wait(0.1)
-            elif self._read(counted=False) is not None:
+            elif self._read(stop, counted=False) is not None:
                 self.stats.drops["warmup"] += 1
             else:
-                break  # the live source ended before the run started
+                break  # stopped while the signal was lost (or a plug-in live source ended)
 
     def run(self, stop) -> dict:
         """Send frames until the source ends or `stop` is set; then send end-of-stream. Returns stats."""
-        period_ns = int(1e9 / self.source.fps) if self.source.fps > 0 else 0
         if self.epoch_ns is None:
             self.epoch_ns = time.monotonic_ns()
+        paced = self.pace and not self.source.live
         while not stop.is_set():
-            item, self.first = self.first or self._read(), None
+            if paced and not self.output.lossless and self.first is None:
+                self._skip_late()
+            item, self.first = self.first or self._read(stop), None
             if item is None:
+                if not stop.is_set():
+                    self._check_length()
                 break
             media_ns = self.epoch_ns + int(round(item.time_s * 1e9))
-            if self.pace and not self.source.live:
-                delay_ns = media_ns - time.monotonic_ns()
-                if delay_ns > 0:
-                    stop.wait(delay_ns / 1e9)
-                elif -delay_ns > period_ns and not self.output.lossless:
-                    self.stats.drops["late"] += 1  # live: keep to real time, like a camera would
-                    continue
+            if paced and media_ns > time.monotonic_ns():
+                stop.wait((media_ns - time.monotonic_ns()) / 1e9)
             capture_ns = time.monotonic_ns() if self.source.live else media_ns
+            meta = {"fps": self.source.fps, "drops": self._drops()}
+            if self.source.live:
+                meta.update(stalled_s=round(self._stalled_s, 3), reconnects=self.source.reconnects)
             frame = Frame(stream=self.source.stream, seq=item.index, capture_ns=capture_ns, image=item.image,
-                          meta={"fps": self.source.fps, "drops": self._drops()})
+                          meta=meta)
             frame.stamp("capture")
             if self.output.send(frame):
                 self.stats.count_frame()
         self.stats.drops.update(self.output.drops)
         summary = self.stats.summary()
+        if self.source.live:
+            summary.update(reconnects=self.source.reconnects, signal_lost_s=round(self.signal_lost_s, 3))
         eos = EndOfStream(self.source.stream, {"stats": {self.name: summary}})
         if not self.output.send_eos(eos, timeout_ms=10_000) and not stop.is_set():
             log(self.name, "no receiver took the end-of-stream message")
         return summary
 
-    def _read(self, counted: bool = True) -> SourceFrame | None:
-        """The source's next frame, skipping (and counting) corrupt ones; None at its end."""
+    def _skip_late(self) -> None:
+        """Live mode keeps a replay at real time as a camera would: frames already replaced by a newer one
+        are skipped before they cost a render or a decode, and counted as `late_skipped`."""
+        skipped = self.source.skip_late((time.monotonic_ns() - self.epoch_ns) / 1e9)
+        if skipped:
+            self.stats.drops["late_skipped"] += skipped
+
+    def _read(self, stop: StopFlag, counted: bool = True) -> SourceFrame | None:
+        """The source's next frame, skipping (and counting) corrupt ones and waiting out a lost signal while
+        the source reconnects; None at its end or once `stop` is set."""
         while True:
             try:
-                return self.source.read(counted)
+                item = self.source.read(counted)
             except CorruptFrame as exc:
-                self.stats.drops["corrupt_frame"] += 1
-                if not self._corrupt_logged:
-                    log(self.name, f"skipping corrupt frame ({exc}); further ones are only counted")
-                    self._corrupt_logged = True
+                self.stats.drops[exc.reason] += 1
+                self._log_once(exc.reason, f"skipping a frame ({exc}); further ones are only counted "
+                                           f"as {exc.reason}")
+                continue
+            except SignalLost as exc:
+                if self._lost_since is None:
+                    self._lost_since = self._last_frame_at or time.monotonic()
+                    log(self.name, f"signal lost ({exc}); reconnecting")
+                if stop.wait(exc.retry_in_s):
+                    return None
+                continue
+            now = time.monotonic()
+            self._stalled_s = 0.0
+            if item is not None and self._lost_since is not None:
+                self._stalled_s, self._lost_since = now - self._lost_since, None
+                self.signal_lost_s += self._stalled_s
+                log(self.name, f"signal back after {self._stalled_s:.1f} s without frames "
+                               f"(reconnect {self.source.reconnects})")
+            self._last_frame_at = now
+            return item
+
+    def _check_length(self) -> None:
+        """A video that ends before the frame count in its header is truncated or damaged: say so once and
+        count the frames it lacks, so a short recording is never mistaken for a complete one."""
+        expected, position = self.source.frame_count, self.source.position
+        if not self.source.live and expected is not None and position < expected:
+            self.stats.drops["ended_early"] += expected - position
+            log(self.name, f"the source ended after {position} of the {expected} frames it announced "
+                           f"(truncated or damaged); {expected - position} counted as ended_early")
+
+    def _log_once(self, reason: str, message: str) -> None:
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log(self.name, message)
 
     def _drops(self) -> dict[str, int]:
         merged = Counter(self.stats.drops)
@@ -137,8 +197,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pace", choices=("native", "max"), default=None,
                         help="native: replay at the source's frame rate; max: as fast as taken "
                              "(default: native in live mode, max in lossless)")
-    parser.add_argument("--fps", type=float, default=None, help="frame rate for sources without one")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate for files without one, and of a live source whatever it reports "
+                             "(an HTTP MJPEG stream reports 25)")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
+    parser.add_argument("--open-timeout", type=float, default=DEFAULT_OPEN_TIMEOUT_S, metavar="SECONDS",
+                        help="how long a camera or stream may take to open or reconnect "
+                             f"(default {DEFAULT_OPEN_TIMEOUT_S:g})")
+    parser.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+                        help="a live source without a frame for this long has lost its signal and "
+                             f"reconnects (default {DEFAULT_STALL_TIMEOUT_S:g})")
     parser.add_argument("--epoch-ns", type=int, default=None,
                         help="monotonic-clock ns of media time 0, shared by the captures of one run")
     add_handshake_argument(parser)
@@ -152,7 +220,8 @@ def main(argv: list[str]) -> int:
     stop = stop_on_signals()
     if channel:
         channel.status("opening the source")
-    source = open_source(args.source, args.stream, fps=args.fps, frames=args.frames)
+    source = open_source(args.source, args.stream, fps=args.fps, frames=args.frames,
+                         open_timeout=args.open_timeout, stall_timeout=args.stall_timeout)
     lossless = args.mode == "lossless"
     pace = (args.pace or ("max" if lossless else "native")) == "native"
     output = Sender(args.output, lossless=lossless, stamp="capture_sent", stop=stop,
@@ -160,7 +229,8 @@ def main(argv: list[str]) -> int:
     stage = CaptureStage(source, output, pace=pace, epoch_ns=args.epoch_ns)
     try:
         if channel:
-            channel.report("ready", geometry=stage.geometry(), startup_s=round(time.monotonic() - started, 3))
+            geometry = stage.geometry(stop)
+            channel.report("ready", geometry=geometry, startup_s=round(time.monotonic() - started, 3))
             stage.wait_for_epoch(channel, stop)
         summary = stage.run(stop)
     finally:

@@ -64,6 +64,7 @@ class RunConfig:
     keys: str | None = None  # link keys folder (`skyfuse keys`): encrypted, authenticated links
     allow_unequal_length: bool = False
     ready_timeout: float = 300.0  # seconds every stage has to start (a first-use export included)
+    open_timeout: float | None = None  # seconds a camera or stream may take to open (default: the capture's)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -191,7 +192,7 @@ class Launcher:
             argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode]
             # The visible stream sets the run's length; the thermal capture runs until the run ends.
             argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps,
-                           summary=self._capture_summary(stream), keys=c.keys)
+                           summary=self._capture_summary(stream), keys=c.keys, open_timeout=c.open_timeout)
             captures.append(StageProcess(f"capture.{stream}", argv))
         fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
                 "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
@@ -460,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ready-timeout", type=float, metavar="SECONDS",
                         help="how long the stages may take to start, a first-use model export included "
                              "(default 300)")
+    parser.add_argument("--open-timeout", type=float, metavar="SECONDS",
+                        help="how long a camera or stream may take to open or reconnect (default 5)")
     parser.add_argument("--allow-unequal-length", action="store_true", default=None,
                         help="accept file sequences of different lengths at the same frame rate")
     return parser
@@ -491,7 +494,7 @@ def check_config(config: RunConfig) -> None:
     from engines.registry import ENGINES
 
     from .keys import RECEIVER, SENDER, link_keys
-    from .sources import open_source
+    from .sources import DEFAULT_OPEN_TIMEOUT_S, open_source
 
     if config.engine not in ENGINES and ":" not in config.engine:
         raise SkyfuseError(f"unknown engine {config.engine!r}; choose from {', '.join(sorted(ENGINES))}")
@@ -503,7 +506,8 @@ def check_config(config: RunConfig) -> None:
     for stream in ("visible", "thermal"):
         if getattr(config, stream).startswith("synthetic"):
             continue  # always valid, and building its world takes a moment
-        source = open_source(getattr(config, stream), stream, fps=config.fps, frames=config.frames)
+        source = open_source(getattr(config, stream), stream, fps=config.fps, frames=config.frames,
+                             open_timeout=config.open_timeout or DEFAULT_OPEN_TIMEOUT_S)
         try:
             if source.frame_count is not None and not source.live:
                 counts[stream] = (source.frame_count, source.fps)

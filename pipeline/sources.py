@@ -22,12 +22,17 @@ and TIFF files are kept as uint16; AGC happens downstream). Image sequences with
 (default 30); frame i of a sequence is row i (blank rows keep their index). Every frame of a source must
 have the size of its first frame; a frame of another size, or an undecodable file, raises CorruptFrame
 for that frame and the next read() continues. Problems with the spec itself raise SkyfuseError.
+
+A replay (files, the synthetic flight) that falls behind real time can `skip_late`: the frames a newer one
+has replaced are passed over without being decoded or rendered. A frame limit counts source frames (read,
+skipped or corrupt), so `frames=300` is always the first 10 s of a 30 fps source.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -45,7 +50,9 @@ from .synthetic import FlightConfig, SyntheticFlight, config_field_types
 STREAMS = ("visible", "thermal")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm", ".ppm", ".webp")
 DEFAULT_SEQUENCE_FPS = 30.0
-_CAMERA_FAILURES = 5  # consecutive failed grabs after which a live stream counts as ended
+DEFAULT_OPEN_TIMEOUT_S = 5.0  # a camera or stream that has not opened by then is unreachable (FFmpeg: 30 s)
+DEFAULT_STALL_TIMEOUT_S = 5.0  # a live source without a frame for this long has lost its signal
+RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0)  # waits before successive reconnection attempts; then the last
 
 
 @dataclass
@@ -56,7 +63,26 @@ class SourceFrame:
 
 
 class CorruptFrame(Exception):
-    """One frame could not be decoded or does not fit the stream; the next read() continues."""
+    """One frame could not be decoded or does not fit the stream; the next read() continues. `reason` is
+    the drop counter it is counted under."""
+
+    reason = "corrupt_frame"
+
+
+class MissingFile(CorruptFrame):
+    """A frame's file is gone (a folder deleted or unmounted mid-run); the next read() continues."""
+
+    reason = "missing_file"
+
+
+class SignalLost(Exception):
+    """A live source has no frame now: its stream closed, or nothing came within the stall time-out. The
+    next read(), best after `retry_in_s` (a back-off), tries to reconnect; a live source never ends by
+    itself."""
+
+    def __init__(self, message: str, retry_in_s: float):
+        super().__init__(message)
+        self.retry_in_s = retry_in_s
 
 
 class Source(ABC):
@@ -67,24 +93,47 @@ class Source(ABC):
     frame_count: int | None  # frames read() will return; None for live or unknown
     live: bool  # a camera: frames come in real time and cannot be replayed faster
 
+    reconnects = 0  # live sources: how often the signal came back after it was lost
+
     def __init__(self, stream: str, limit: int | None):
         self.stream, self.limit = stream, limit
-        self._delivered = 0
+        self.position = 0  # frames used up so far: read, skipped or corrupt; `limit` bounds it
         self._size: tuple[int, int] | None = None  # (height, width) of the first frame
 
     def read(self, counted: bool = True) -> SourceFrame | None:
         """The next frame, None at the end; `counted=False` reads one that does not count against `limit`
-        (a live source's frames that arrive before the run starts)."""
-        if counted and self.limit is not None and self._delivered >= self.limit:
+        (a live source's frames that arrive before the run starts). A corrupt frame counts too: `limit` is
+        a length of the source, not a number of good frames."""
+        if counted and self.limit is not None and self.position >= self.limit:
             return None
-        item = self._next()
+        try:
+            item = self._next()
+        except CorruptFrame:
+            if counted:
+                self.position += 1
+            raise
         if item is not None and counted:
-            self._delivered += 1
+            self.position += 1
         return item
+
+    def skip_late(self, now_s: float) -> int:
+        """Skip, without decoding or rendering them, the frames that a later frame has replaced by media time
+        `now_s`, so a replay that fell behind real time goes on with the frame due now instead of spending
+        its time on frames it would throw away. Skipped frames count against `limit`; returns how many."""
+        skipped = 0
+        while (self.limit is None or self.position + 1 < self.limit) and self._skip_if_replaced(now_s):
+            self.position += 1
+            skipped += 1
+        return skipped
 
     @abstractmethod
     def _next(self) -> SourceFrame | None:
         """The next frame without the length limit."""
+
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        """Move past the next frame, unread, if the frame after it is presented by `now_s`; False when it is
+        not, or when this source cannot tell (every frame is then read: live sources, plug-ins)."""
+        return False
 
     def close(self) -> None:
         """Release the device or file; reading afterwards is not allowed. Sources that hold nothing open
@@ -144,6 +193,12 @@ class SyntheticSource(Source):
         i, self._index = self._index, self._index + 1
         return SourceFrame(i, self._time(i), self._render(i))
 
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        if self._time(self._index + 1) > now_s:
+            return False
+        self._index += 1
+        return True
+
 
 class SyntheticCameraSource(SyntheticSource):
     """The synthetic flight as a live camera: frame i exists from i / fps after opening, and read() returns
@@ -178,58 +233,134 @@ class ImageSequenceSource(Source):
         self._row = 0
 
     def _next(self) -> SourceFrame | None:
-        while self._row < len(self.entries) and self.entries[self._row][0] is None:
-            self._row += 1
-        if self._row >= len(self.entries):
+        row = self._present_row(self._row)
+        if row is None:
+            self._row = len(self.entries)
             return None
-        row, (path, time_s) = self._row, self.entries[self._row]
-        self._row += 1
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        self._row = row + 1
+        path = self.entries[row][0]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise MissingFile(f"file gone: {path}") from None
+        except OSError as exc:
+            raise CorruptFrame(f"cannot read {path}: {exc.strerror}") from None
+        if path.suffix.lower() in (".jpg", ".jpeg") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+            # No end-of-image marker after the last scan: libjpeg would decode it, grey below the cut.
+            raise CorruptFrame(f"truncated JPEG {path}")
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise CorruptFrame(f"cannot decode image {path}")
-        return SourceFrame(row, row / self.fps if time_s is None else time_s, self._conform(image, str(path)))
+        return SourceFrame(row, self._row_time(row), self._conform(image, str(path)))
+
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        row = self._present_row(self._row)
+        following = None if row is None else self._present_row(row + 1)
+        if following is None or self._row_time(following) > now_s:
+            return False
+        self._row = row + 1
+        return True
+
+    def _present_row(self, start: int) -> int | None:
+        """The first row from `start` on that names a file (blank rows are missing frames)."""
+        return next((row for row in range(start, len(self.entries)) if self.entries[row][0] is not None),
+                    None)
+
+    def _row_time(self, row: int) -> float:
+        time_s = self.entries[row][1]
+        return row / self.fps if time_s is None else time_s
 
 
 class CaptureSource(Source):
-    """Anything cv2.VideoCapture reads: video files (replayable) and cameras or network streams (live)."""
+    """Anything cv2.VideoCapture reads: video files (replayable) and cameras or network streams (live).
 
-    def __init__(self, capture: cv2.VideoCapture, name: str, stream: str, *, live: bool, fps: float | None,
-                 limit: int | None):
+    A live one that loses its signal (the stream closes, or no frame comes within `stall_timeout` seconds)
+    raises SignalLost and reconnects on later reads, with a back-off, for as long as the run goes on: its
+    frames keep their grab times, so the outage stays a gap in time. Through FFmpeg, opening and every read
+    are bounded by `open_timeout` and `stall_timeout` (FFmpeg's own default is 30 s for both)."""
+
+    def __init__(self, target: int | str, api: int, name: str, stream: str, *, live: bool, fps: float | None,
+                 limit: int | None, open_timeout: float, stall_timeout: float, failure: str):
         super().__init__(stream, limit)
-        self.capture, self.name, self.live = capture, name, live
-        native = capture.get(cv2.CAP_PROP_FPS)
-        self.fps = native if 0 < native < 1000 else (fps or DEFAULT_SEQUENCE_FPS)
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.name, self.live = name, live
+        self.open_timeout, self.stall_timeout = open_timeout, stall_timeout
+        self._target, self._api = target, api
+        self.capture = self._connect()
+        if self.capture is None:
+            raise SkyfuseError(failure)
+        native = self.capture.get(cv2.CAP_PROP_FPS)
+        if live and fps:  # an HTTP MJPEG stream carries no rate: FFmpeg reports 25 whatever it is
+            self.fps = fps
+        else:
+            self.fps = native if 0 < native < 1000 else (fps or DEFAULT_SEQUENCE_FPS)
+        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = None if live else self._limited(count if count > 0 else None)
-        self._index, self._failures, self._start = 0, 0, time.monotonic()
+        self._index, self._start, self._attempt = 0, time.monotonic(), 0
+
+    def _connect(self) -> cv2.VideoCapture | None:
+        """A new capture of the target, None if it does not open (within the open time-out)."""
+        params = []
+        if self._api == cv2.CAP_FFMPEG:
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout * 1000),
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.stall_timeout * 1000)]
+        with _quiet_opencv():
+            capture = cv2.VideoCapture(self._target, self._api, params)
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
 
     def _next(self) -> SourceFrame | None:
+        if self.capture is None:
+            self.capture = self._connect()
+            if self.capture is None:
+                raise self._lost(f"{self.name}: cannot reconnect")
+            self.reconnects += 1
         ok, image = self.capture.read()
         if not ok or image is None:
             if not self.live:
                 return None  # end of file (FFmpeg does not tell a damaged tail from the end)
-            self._failures += 1
-            if self._failures >= _CAMERA_FAILURES:
-                return None
-            raise CorruptFrame(f"{self.name}: no frame ({self._failures} failed grabs in a row)")
-        self._failures = 0
+            self.capture.release()
+            self.capture = None
+            raise self._lost(f"{self.name}: the stream closed or sent nothing for {self.stall_timeout:g} s")
+        self._attempt = 0
         i, self._index = self._index, self._index + 1
         time_s = time.monotonic() - self._start if self.live else i / self.fps
         return SourceFrame(i, time_s, self._conform(image, f"{self.name} frame {i}"))
 
+    def _skip_if_replaced(self, now_s: float) -> bool:
+        # grab() without retrieve(): FFmpeg still decodes the frame (later ones depend on it) but skips the
+        # conversion to BGR and the copy, most of a frame's cost at HD.
+        following = self._index + 1
+        at_last = self.frame_count is not None and following >= self.frame_count
+        if self.live or at_last or following / self.fps > now_s or not self.capture.grab():
+            return False
+        self._index += 1
+        return True
+
+    def _lost(self, message: str) -> SignalLost:
+        """SignalLost with the wait before the next attempt: none at first, then longer, up to the last."""
+        wait = RECONNECT_BACKOFF_S[min(self._attempt, len(RECONNECT_BACKOFF_S) - 1)]
+        self._attempt += 1
+        return SignalLost(message, wait)
+
     def close(self) -> None:
-        self.capture.release()
+        if self.capture is not None:
+            self.capture.release()
 
 
 # ------------------------------------------------------------------------------------------- opening
 
 def open_source(spec: str, stream: str, *, fps: float | None = None, flight: FlightConfig | None = None,
-                frames: int | None = None) -> Source:
+                frames: int | None = None, open_timeout: float = DEFAULT_OPEN_TIMEOUT_S,
+                stall_timeout: float = DEFAULT_STALL_TIMEOUT_S) -> Source:
     """Open the source `spec` (grammar in the module docstring) as the `stream` camera.
 
-    fps: the rate of image sequences without times (default 30) and of videos or cameras that report
-    none; for the synthetic flight it sets this stream's rate. flight: the FlightConfig that synthetic
-    options override. frames: stop after this many frames.
+    fps: the rate of image sequences without times (default 30) and of videos that report none; a live
+    source's rate whatever it reports; for the synthetic flight it sets this stream's rate. flight: the
+    FlightConfig that synthetic options override. frames: stop after this many frames. open_timeout:
+    seconds a camera or stream may take to open; stall_timeout: seconds without a frame after which a
+    live source has lost its signal.
     """
     if stream not in STREAMS:
         raise SkyfuseError(f"unknown stream {stream!r}: use visible or thermal")
@@ -237,6 +368,9 @@ def open_source(spec: str, stream: str, *, fps: float | None = None, flight: Fli
         raise SkyfuseError(f"fps must be positive, got {fps}")
     if frames is not None and frames < 0:
         raise SkyfuseError(f"frames must not be negative, got {frames}")
+    if not (open_timeout > 0 and stall_timeout > 0):
+        raise SkyfuseError(f"time-outs must be positive, got open {open_timeout} s, stall {stall_timeout} s")
+    timeouts = {"open_timeout": open_timeout, "stall_timeout": stall_timeout}
     kind, _, options = spec.partition(":")
     if kind in ("synthetic", "synthetic-camera"):
         config = parse_synthetic_options(options, flight or FlightConfig())
@@ -246,16 +380,19 @@ def open_source(spec: str, stream: str, *, fps: float | None = None, flight: Fli
         return source(SyntheticFlight(config), stream, frames)
     camera = _camera_index(spec)
     if camera is not None:
-        return _open_capture(camera, cv2.CAP_ANY, f"camera {camera}", stream, fps, frames, live=True,
-                             failure=f"camera {camera} not found or busy")
+        # V4L2 waits for a frame for OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT seconds (default 10), read once.
+        os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", str(max(1, round(stall_timeout))))
+        return CaptureSource(camera, cv2.CAP_ANY, f"camera {camera}", stream, live=True, fps=fps,
+                             limit=frames, failure=f"camera {camera} not found or busy", **timeouts)
     if "://" in spec:
-        return _open_capture(spec, cv2.CAP_FFMPEG, spec, stream, fps, frames, live=True,
-                             failure=f"cannot open stream {spec} (unreachable, or not a video stream)")
+        return CaptureSource(spec, cv2.CAP_FFMPEG, spec, stream, live=True, fps=fps, limit=frames,
+                             failure=f"cannot open stream {spec} within {open_timeout:g} s (unreachable, "
+                                     "not answering, or not a video stream)", **timeouts)
     if "!" in spec:
         if not cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER):
             raise SkyfuseError("GStreamer pipelines need OpenCV built with GStreamer; this one is not")
-        return _open_capture(spec, cv2.CAP_GSTREAMER, "GStreamer pipeline", stream, fps,
-                             frames, live=True, failure=f"GStreamer pipeline did not start: {spec}")
+        return CaptureSource(spec, cv2.CAP_GSTREAMER, "GStreamer pipeline", stream, live=True, fps=fps,
+                             limit=frames, failure=f"GStreamer pipeline did not start: {spec}", **timeouts)
     path, _, column = spec.partition("#")
     if path.lower().endswith(".csv"):
         entries, csv_fps = _csv_entries(Path(path), column or "path")
@@ -275,8 +412,8 @@ def open_source(spec: str, stream: str, *, fps: float | None = None, flight: Fli
         return _sequence(files, stream, fps, frames)
     if target.suffix.lower() in IMAGE_SUFFIXES:
         return _sequence([target], stream, fps, frames)
-    return _open_capture(str(target), cv2.CAP_FFMPEG, str(target), stream, fps, frames,
-                         live=False, failure=f"cannot read video file {spec} (not a video, or damaged)")
+    return CaptureSource(str(target), cv2.CAP_FFMPEG, str(target), stream, live=False, fps=fps, limit=frames,
+                         failure=f"cannot read video file {spec} (not a video, or damaged)", **timeouts)
 
 
 def parse_synthetic_options(options: str, base: FlightConfig) -> FlightConfig:
@@ -317,16 +454,6 @@ def _quiet_opencv():
         yield
     finally:
         cv2.utils.logging.setLogLevel(level)
-
-
-def _open_capture(target: int | str, api: int, name: str, stream: str, fps: float | None, frames: int | None,
-                  *, live: bool, failure: str) -> CaptureSource:
-    with _quiet_opencv():
-        capture = cv2.VideoCapture(target, api)
-    if not capture.isOpened():
-        capture.release()
-        raise SkyfuseError(failure)
-    return CaptureSource(capture, name, stream, live=live, fps=fps, limit=frames)
 
 
 def _natural_key(path: Path) -> list:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SkyfuseError
-from pipeline.sources import CorruptFrame, open_source
+from pipeline.sources import CorruptFrame, MissingFile, open_source
 from pipeline.synthetic import FlightConfig
 
 SMALL = "synthetic:visible_size=320x180,thermal_size=160x128"
@@ -199,3 +199,70 @@ def test_wisard_pairs_csv_columns():
     visible = open_source(pairs + "#visible", "visible", frames=2)
     assert visible.frame_count == 2
     assert visible.read().image.shape == (1080, 1920, 3)
+
+
+# ------------------------------------------------------------------------ skipping frames when late
+
+def test_skip_late_jumps_the_synthetic_flight_to_the_frame_due_without_rendering(monkeypatch):
+    source = open_source(SMALL, "visible", frames=10)
+    monkeypatch.setattr(source, "_render", lambda i: pytest.fail(f"rendered skipped frame {i}"))
+    assert source.skip_late(now_s=0.2) == 6  # frames 0..5 replaced by frame 6, due at 0.2 s
+    monkeypatch.undo()
+    assert source.read().index == 6
+    assert source.skip_late(now_s=0.21) == 0  # frame 7 (0.233 s) is not due yet
+    assert source.skip_late(now_s=5.0) == 2  # the limit keeps the last frame to read
+    assert source.read().index == 9 and source.read() is None
+
+
+def test_skip_late_follows_a_csvs_times_and_missing_rows(tmp_path):
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), _gradient(20, 10, i))
+    (tmp_path / "frames.csv").write_text("path,time_s\n0.png,0.0\n,0.1\n1.png,0.2\n2.png,0.3\n3.png,0.4\n")
+    source = open_source(str(tmp_path / "frames.csv"), "thermal")
+    assert source.skip_late(now_s=0.25) == 1  # 0.png is replaced by 1.png at 0.2 s; 2.png is not due
+    assert source.read().time_s == 0.2
+    assert source.skip_late(now_s=1.0) == 1
+    assert source.read().time_s == 0.4 and source.read() is None
+
+
+def test_skip_late_grabs_video_frames_without_retrieving_them(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    for i in range(6):
+        writer.write(cv2.cvtColor(_gradient(96, 64, i * 10), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    source = open_source(str(path), "thermal")
+    assert source.skip_late(now_s=0.3) == 3
+    frame = source.read()
+    assert frame.index == 3 and frame.time_s == pytest.approx(0.3)
+    assert int(frame.image[0, 0]) == pytest.approx(30, abs=3)
+    assert source.skip_late(now_s=10.0) == 1  # frame 5 is the last one: it is read, not skipped
+    assert source.read().index == 5 and source.read() is None
+
+
+# --------------------------------------------------------------------------- damaged or vanished files
+
+def test_truncated_jpeg_is_a_corrupt_frame_not_a_grey_half_image(tmp_path):
+    ok, jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8))
+    (tmp_path / "0.jpg").write_bytes(jpeg.tobytes())
+    (tmp_path / "1.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])
+    source = open_source(str(tmp_path), "visible")
+    assert source.read().image.shape == (60, 80, 3)
+    with pytest.raises(CorruptFrame, match="truncated JPEG .*1.jpg") as caught:
+        source.read()
+    assert caught.value.reason == "corrupt_frame"
+    assert source.read() is None and source.position == 2
+
+
+def test_files_deleted_mid_run_are_missing_not_the_end(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), _gradient(20, 10, i))
+    source = open_source(str(tmp_path), "thermal")
+    assert source.read().index == 0
+    for i in (1, 2):
+        (tmp_path / f"{i}.png").unlink()
+    for i in (1, 2):
+        with pytest.raises(MissingFile, match=f"file gone: .*{i}.png") as caught:
+            source.read()
+        assert caught.value.reason == "missing_file"
+    assert source.read() is None
