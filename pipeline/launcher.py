@@ -65,6 +65,7 @@ class RunConfig:
     allow_unequal_length: bool = False
     ready_timeout: float = 300.0  # seconds every stage has to start (a first-use export included)
     open_timeout: float | None = None  # seconds a camera or stream may take to open (default: the capture's)
+    stall_timeout: float | None = None  # seconds without a frame after which a live source reconnects
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -192,7 +193,8 @@ class Launcher:
             argv = ["capture", "--source", source, "--stream", stream, "--output", ends[stream], *mode]
             # The visible stream sets the run's length; the thermal capture runs until the run ends.
             argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps,
-                           summary=self._capture_summary(stream), keys=c.keys, open_timeout=c.open_timeout)
+                           summary=self._capture_summary(stream), keys=c.keys, open_timeout=c.open_timeout,
+                           stall_timeout=c.stall_timeout)
             captures.append(StageProcess(f"capture.{stream}", argv))
         fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
                 "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
@@ -463,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 300)")
     parser.add_argument("--open-timeout", type=float, metavar="SECONDS",
                         help="how long a camera or stream may take to open or reconnect (default 5)")
+    parser.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                        help="a live source without a frame for this long reconnects (default 5)")
     parser.add_argument("--allow-unequal-length", action="store_true", default=None,
                         help="accept file sequences of different lengths at the same frame rate")
     return parser
