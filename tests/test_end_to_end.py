@@ -145,9 +145,11 @@ def test_a_crashed_stage_is_reported_the_rest_stop_and_the_recording_plays(tmp_p
                                 "--engine", "engines_for_tests:FailingEngine", "--output", str(output)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     stages: set[int] = set()
-    while process.poll() is None:
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
         stages.update(children_of(process.pid))
         time.sleep(0.05)
+    assert process.poll() is not None, "the run stops by itself once its engine fails"
     stderr = process.stderr.read()
     assert process.returncode == 1
     assert "stage fuse exited with code 2" in stderr
