@@ -232,13 +232,15 @@ def close_transport() -> None:
 
 
 def message_limits(stream: str, size: tuple[int, int] | None) -> tuple[int, int]:
-    """(largest part, largest message) in bytes a receiver of `stream` at `size` (W, H) lets through: the
-    stream's largest image and its header, and every image of the stream at most that large (the
-    protocol keeps extras within the image's size); DEFAULT_MAX_MESSAGE_BYTES for both if size is None."""
+    """(largest part, largest message) in bytes a receiver of `stream` at `size` (W, H) lets through: a
+    part is at most the stream's largest image plus MAX_HEADER_BYTES of room (the header part, and what
+    the transport adds to a part: CURVE encryption makes it a few dozen bytes longer before libzmq checks
+    it), a message a header and every image of the stream at most that large (the protocol keeps extras
+    within the image's size); DEFAULT_MAX_MESSAGE_BYTES for both if size is None."""
     if size is None:
         return DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES
     image = image_bytes(stream, size)
-    return max(image, MAX_HEADER_BYTES), MAX_HEADER_BYTES + image * (1 + len(STREAMS[stream].extras))
+    return image + MAX_HEADER_BYTES, MAX_HEADER_BYTES + image * (1 + len(STREAMS[stream].extras))
 
 
 class Sender:

@@ -182,7 +182,7 @@ def test_a_part_over_the_sockets_limit_is_refused_before_it_is_buffered(endpoint
 def test_limits_follow_the_streams_geometry(endpoint):
     receiver = Receiver(endpoint, stream="visible", policy=BLOCK, size=(640, 480))
     try:
-        assert receiver.socket.getsockopt(zmq.MAXMSGSIZE) == 640 * 480 * 3
+        assert receiver.socket.getsockopt(zmq.MAXMSGSIZE) == 640 * 480 * 3 + 64 * 1024
         assert receiver.max_message_bytes == 640 * 480 * 3 + 64 * 1024
     finally:
         receiver.close()
@@ -341,3 +341,18 @@ def test_link_keys_errors_name_the_missing_piece(tmp_path):
     (folder / "receiver.key").unlink()
     with pytest.raises(SkyfuseError, match="receiver.key is missing"):
         load_keys(folder)
+
+
+def test_a_keyed_link_carries_frames_of_exactly_the_streams_size(tmp_path):
+    """CURVE makes each part longer than the image before libzmq checks it against the per-part limit."""
+    keys = load_keys(create_keys(tmp_path / "keys"))
+    receiver = Receiver("tcp://127.0.0.1:*", stream="visible", policy=BLOCK, size=(640, 480), keys=keys)
+    sender = Sender(receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode(), lossless=True, keys=keys)
+    try:
+        sender.send(make_frame(image=np.zeros((480, 640, 3), np.uint8)))
+        message = receiver.recv(3000)
+    finally:
+        sender.close()
+        receiver.close()
+        close_transport()
+    assert message is not None and message.image.shape == (480, 640, 3)
