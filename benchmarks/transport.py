@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.frame import Frame
 from pipeline.keys import create_keys, link_keys
-from pipeline.wire import Receiver, Sender, close_transport
+from pipeline.wire import BLOCK, Receiver, Sender, close_transport
 
 KINDS = {"640x512 bgr8": (512, 640, 3), "640x512 gray16": (512, 640), "1920x1080 bgr8": (1080, 1920, 3)}
 DTYPES = {"640x512 gray16": np.uint16}
@@ -35,8 +35,13 @@ def _image(kind: str) -> np.ndarray:
     return rng.integers(0, np.iinfo(dtype).max, KINDS[kind], dtype=dtype)
 
 
-def _zmq_receiver(endpoint: str, count: int, results, keys: str | None) -> None:
-    port = Receiver(endpoint, lossless=True, queue_size=count, keys=link_keys(keys))
+def _stream(kind: str) -> str:
+    """The stream that carries frames of `kind` under the frame protocol."""
+    return "thermal" if kind.endswith("gray16") else "visible"
+
+
+def _zmq_receiver(endpoint: str, stream: str, count: int, results, keys: str | None) -> None:
+    port = Receiver(endpoint, stream=stream, policy=BLOCK, queue_size=count, keys=link_keys(keys))
     latencies = []
     for _ in range(count):
         frame = port.recv(10_000)
@@ -51,7 +56,7 @@ def _zmq_receiver(endpoint: str, count: int, results, keys: str | None) -> None:
 def zmq_hop(endpoint: str, kind: str, count: int, fps: float | None, keys: str | None = None) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    receiver = ctx.Process(target=_zmq_receiver, args=(endpoint, count, results, keys))
+    receiver = ctx.Process(target=_zmq_receiver, args=(endpoint, _stream(kind), count, results, keys))
     receiver.start()
     time.sleep(0.5)
     sender = Sender(endpoint, lossless=True, high_water_mark=8, keys=link_keys(keys))
@@ -60,7 +65,7 @@ def zmq_hop(endpoint: str, kind: str, count: int, fps: float | None, keys: str |
     for seq in range(count):
         if fps:
             _sleep_until(started + seq / fps)
-        sender.send(Frame("visible", seq, seq, image))
+        sender.send(Frame(_stream(kind), seq, seq, image))
     latencies = results.get(timeout=120)
     elapsed = time.perf_counter() - started
     receiver.join()

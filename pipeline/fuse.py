@@ -7,9 +7,13 @@ batched engine call of at most `batch` frames, waiting at most `max_wait_s` for 
 link's frames keep their order and timestamps.
 
 Flow control: in lossless mode each link reads whichever input is behind in media time, so both streams
-advance together with bounded buffering and nothing is dropped; in live mode every input is drained each
-turn and, when the engine falls behind, only a link's newest pairs are fused (the older ones are dropped
-as `engine_busy`), so latency stays flat.
+advance together with bounded buffering and nothing is dropped (queue policy `block` on every port and
+before the engine); in live mode every input is drained each turn (`drop_oldest`) and, when the engine
+falls behind, only a link's newest pairs are fused (the older ones are dropped as `engine_busy`:
+`drop_oldest` before the engine), so latency stays flat.
+
+The fused end-of-stream says whether the run was complete: `complete` is false, with `why`, when the stage
+stopped (a signal, an engine failure) before a link's visible stream ended.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from .stage import (
     stop_on_signals,
 )
 from .stats import StageStats
-from .wire import Receiver, Sender, close_transport
+from .wire import BLOCK, DROP_OLDEST, Receiver, Sender, close_transport
 
 THUMBNAIL_SCALE = 4  # picture-in-picture inputs travel at 1/4 size
 
@@ -73,11 +77,12 @@ class Link:
         return self.pairer.visible_ended and not self.pairer.visible
 
     def port_behind(self) -> Receiver:
-        """Lossless: the input to read next so that neither stream runs ahead of the other."""
+        """Lossless: the input to read next so that neither stream runs ahead of the other (visible when
+        the thermal buffer is full: its head is waiting for a time the thermal stream does not reach)."""
         pairer = self.pairer
         if pairer.visible_ended:
             return self.thermal
-        if pairer.thermal_ended:
+        if pairer.thermal_ended or pairer.thermal_full:
             return self.visible
         head, latest = pairer.head_visible_ns(), pairer.latest_thermal_ns()
         if head is not None and (latest is None or latest < head):
@@ -89,15 +94,9 @@ class Link:
             self.upstream_stats.update(message.meta.get("stats", {}))
             (self.pairer.end_visible if message.stream == "visible" else self.pairer.end_thermal)()
             return
-        drops = message.meta.get("drops")
-        if isinstance(drops, dict):
-            self.upstream_drops[message.stream] = drops
-        if message.stream == "visible":
-            self.pairer.add_visible(message)
-        elif message.stream == "thermal":
-            self.pairer.add_thermal(message)
-        else:
-            self.stats.drops["unknown_stream"] += 1
+        if "drops" in message.meta:
+            self.upstream_drops[message.stream] = message.meta["drops"]
+        (self.pairer.add_visible if message.stream == "visible" else self.pairer.add_thermal)(message)
 
     def drops(self) -> Counter:
         """This link's own drops: pairing, its ports, and the stage's decisions."""
@@ -125,6 +124,7 @@ class FuseStage:
         """Fuse until every link's inputs have ended (or `stop` is set); each link then sends its
         end-of-stream (also when the engine fails, so every sink finalises its recording at once).
         Returns the statistics of every link."""
+        why = "the fuse stage failed"
         try:
             while not stop.is_set() and not all(link.inputs_done for link in self.links):
                 self._receive()
@@ -132,12 +132,13 @@ class FuseStage:
                     self._submit(link)
                 self._engine_call(self.scheduler.poll)
                 self._finish_links()
+            why = "the fuse stage was stopped"
             for link in self.links:
                 self._submit(link)
             self._engine_call(self.scheduler.flush)
         finally:
             for link in self.links:
-                self._end(link)
+                self._end(link, why)
         return {link.stats.stage: self._summary(link) for link in self.links}
 
     def warm_up(self, visible_size: tuple[int, int], thermal_size: tuple[int, int]) -> None:
@@ -218,12 +219,15 @@ class FuseStage:
         stamps = {**source.stamps, "engine_start": started, "engine_end": finished}
         link.stats.add_latency("wait_in_fuse", (started - source.stamps.get("fuse_in", started)) / 1e6)
         link.stats.add_latency("pair_dt", abs(pair.dt_s) * 1e3)
-        meta = {"fps": source.meta.get("fps"), "engine": self.engine.describe(), "link": link.name,
-                "drops": link.all_drops(),
+        meta = {"engine": self.engine.describe(), "link": link.name, "drops": link.all_drops(),
                 "thermal": {"seq": pair.thermal.seq, "capture_ns": pair.thermal.capture_ns,
                             "dt_ms": round(pair.dt_s * 1e3, 3), "reuse": pair.reuse,
                             "stamps": pair.thermal.stamps}}
-        extras = {"visible": _thumbnail(visible), "thermal": _thumbnail(thermal)} if self.thumbnails else {}
+        if "fps" in source.meta:
+            meta["fps"] = source.meta["fps"]
+        box = (fused.shape[1] // THUMBNAIL_SCALE, fused.shape[0] // THUMBNAIL_SCALE)
+        extras = ({"visible": _thumbnail(visible, box), "thermal": _thumbnail(thermal, box)}
+                  if self.thumbnails else {})
         frame = Frame("fused", source.seq, source.capture_ns, fused, stamps=stamps, meta=meta, extras=extras)
         if link.output.send(frame):
             link.stats.count_frame()
@@ -232,14 +236,18 @@ class FuseStage:
         for link in self.links:
             batching = self.scheduler.stats.get(link.name)
             if link.inputs_done and (batching is None or batching.fused == batching.submitted):
-                self._end(link)
+                self._end(link, None)
 
-    def _end(self, link: Link) -> None:
+    def _end(self, link: Link, why: str | None) -> None:
+        """Send the link's end-of-stream: complete once its visible stream ended, else saying `why` not."""
         if link.ended:
             return
         link.ended = True
         stats = {**link.upstream_stats, link.stats.stage: self._summary(link)}
-        if not link.output.send_eos(EndOfStream("fused", {"stats": stats}), timeout_ms=10_000):
+        meta = {"stats": stats, "complete": link.inputs_done}
+        if not link.inputs_done:
+            meta["why"] = f"{why} before the visible stream ended"
+        if not link.output.send_eos(EndOfStream("fused", meta), timeout_ms=10_000):
             log(link.stats.stage, "no sink took the end-of-stream message")
 
     def _summary(self, link: Link) -> dict:
@@ -248,6 +256,9 @@ class FuseStage:
         summary["engine"] = self.engine.describe()
         summary["pairing"] = dict(link.pairer.counts)
         summary["batching"] = self.scheduler.stats.get(link.name, StreamStats()).summary()
+        summary["queue_policy"] = {"visible_in": link.visible.policy, "thermal_in": link.thermal.policy,
+                                   "engine": BLOCK if self.lossless else DROP_OLDEST,
+                                   "output": link.output.policy}
         return summary
 
     def _prepare_thermal(self, link: Link, image: np.ndarray) -> np.ndarray:
@@ -267,9 +278,13 @@ class FuseStage:
         return link.rig
 
 
-def _thumbnail(image: np.ndarray) -> np.ndarray:
+def _thumbnail(image: np.ndarray, box: tuple[int, int]) -> np.ndarray:
+    """`image` shrunk to fit `box` (W, H), its aspect kept: the sink shows it at a quarter of the fused
+    width, so a larger one would only cost bandwidth, and the protocol keeps extras within the frame."""
     h, w = image.shape[:2]
-    return cv2.resize(image, (w // THUMBNAIL_SCALE, h // THUMBNAIL_SCALE), interpolation=cv2.INTER_AREA)
+    scale = min(box[0] / w, box[1] / h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -368,6 +383,13 @@ def main(argv: list[str]) -> int:
     stop = stop_on_signals()
     links = []
     try:
+        if channel:  # the cameras' sizes first: they set what the input ports let through
+            message = channel.receive()
+            if message is None:
+                log("fuse", "the run stopped before it started")
+                return 0
+            warm_up = warm_up_sizes(message)
+        visible_size, thermal_size = warm_up or (None, None)
         for name, vis, ir, out, rig in zip(names, args.visible_in, args.thermal_in, args.output, rigs):
             offset = args.time_offset if args.time_offset is not None else rig.time_offset_s if rig else 0.0
             try:
@@ -376,20 +398,16 @@ def main(argv: list[str]) -> int:
                                        max_reuse=args.max_reuse, max_wait_s=None if lossless else 0.25)
             except ValueError as exc:
                 raise SkyfuseError(str(exc)) from None
-            inputs = [Receiver(endpoint, lossless=lossless, stamp="fuse_in", queue_size=4, keys=keys)
-                      for endpoint in (vis, ir)]
+            inputs = [Receiver(endpoint, stream=stream, policy=BLOCK if lossless else DROP_OLDEST,
+                               stamp="fuse_in", queue_size=4, size=camera, keys=keys)
+                      for endpoint, stream, camera in ((vis, "visible", visible_size),
+                                                       (ir, "thermal", thermal_size))]
             output = Sender(out, lossless=lossless, stamp="fuse_sent", stop=stop, keys=keys)
             links.append(Link(name, *inputs, output, Pairer(policy), rig))
             log(links[-1].stats.stage, f"engine {engine.describe()}, pairing {policy.strategy}, "
                                        f"time offset {offset:+.3f} s")
         stage = FuseStage(links, engine, lossless=lossless, output_size=size, batch=args.batch,
                           max_wait_s=args.max_wait, thumbnails=not args.no_thumbnails)
-        if channel:
-            message = channel.receive()
-            if message is None:
-                log("fuse", "the run stopped before it started")
-                return 0
-            warm_up = warm_up_sizes(message)
         warm_up_s = 0.0
         if warm_up:
             if channel:

@@ -12,6 +12,13 @@ A slower thermal stream (9 Hz against 30 Hz) makes several visible frames share 
 reuse is allowed up to `max_reuse` extra uses per thermal frame (None = no limit) and counted.
 Visible frames with no thermal frame in the window are dropped as `no_thermal_in_window`; thermal frames
 never used are counted as `thermal_unused` (expected when thermal runs faster than visible).
+
+Both buffers are bounded (`max_buffered` frames each): a stalled visible camera would otherwise make the
+thermal frames pile up without end; the oldest waiting frame is dropped (`<stream>_buffer_full`). Each
+stream's capture times are held to a `Timeline`: one frame dated far ahead (or behind) would otherwise
+make every later frame look out of order; it is dropped instead (`<stream>_time_jump`,
+`<stream>_out_of_order`), and when a stream's clock really moves the pairer follows it after a few frames
+(`<stream>_time_resync`), dropping what it still held from the old time base (`<stream>_abandoned`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from .frame import Frame
+from .frame import Frame, Timeline
 
 STRATEGIES = ("nearest", "latest")
 
@@ -33,6 +40,7 @@ class PairingPolicy:
     jitter_s: float = 0.005  # allowance for capture-time jitter in the default window
     max_reuse: int | None = None  # extra visible frames one thermal frame may serve; None: unlimited
     max_wait_s: float | None = 0.25  # nearest: stop waiting for a later thermal frame (None: wait, lossless)
+    max_buffered: int = 32  # frames each stream may hold while waiting (1 s at 30 fps)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -41,6 +49,8 @@ class PairingPolicy:
             raise ValueError("pairing window must be positive")
         if self.max_reuse is not None and self.max_reuse < 0:
             raise ValueError("max_reuse must be >= 0")
+        if self.max_buffered < 1:
+            raise ValueError("max_buffered must be at least 1")
 
 
 @dataclass
@@ -68,21 +78,58 @@ class Pairer:
         self.thermal: list[_Thermal] = []
         self.thermal_period_s: float | None = None
         self.visible_ended = self.thermal_ended = False
-        self.drops: Counter[str] = Counter()  # frames lost: visible without partner, out-of-order thermal
-        self.counts: Counter[str] = Counter()  # not losses: thermal frames reused or never needed
+        self.timelines = {"visible": Timeline(), "thermal": Timeline()}
+        self.drops: Counter[str] = Counter()  # frames lost: visible without partner, bad times, overflow
+        self.counts: Counter[str] = Counter()  # not losses: thermal frames reused or never needed, resyncs
 
     def add_visible(self, frame: Frame) -> None:
+        verdict = self._admit("visible", frame, frame.capture_ns)
+        if verdict == "resync":  # what is held from the old time base and not before this frame goes
+            kept = [(f, arrived) for f, arrived in self.visible if f.capture_ns < frame.capture_ns]
+            self._abandon("visible", len(self.visible) - len(kept))
+            self.visible = deque(kept)
+        elif verdict != "ok":
+            return
         self.visible.append((frame, self.clock()))
+        if len(self.visible) > self.policy.max_buffered:
+            self.visible.popleft()
+            self.drops["visible_buffer_full"] += 1
 
     def add_thermal(self, frame: Frame) -> None:
         fps = frame.meta.get("fps")
-        if isinstance(fps, (int, float)) and fps > 0:
+        if fps is not None:
             self.thermal_period_s = 1.0 / fps
         time_ns = frame.capture_ns + int(round(self.policy.time_offset_s * 1e9))
-        if self.thermal and time_ns <= self.thermal[-1].time_ns:
-            self.drops["thermal_out_of_order"] += 1
+        verdict = self._admit("thermal", frame, time_ns)
+        if verdict == "resync":
+            kept = [t for t in self.thermal if t.time_ns < time_ns]
+            self._abandon("thermal", len(self.thermal) - len(kept))
+            self.thermal = kept
+        elif verdict != "ok":
             return
         self.thermal.append(_Thermal(frame, time_ns))
+        if len(self.thermal) > self.policy.max_buffered:
+            oldest = self.thermal.pop(0)
+            if not oldest.uses:
+                self.drops["thermal_buffer_full"] += 1
+
+    def _admit(self, stream: str, frame: Frame, time_ns: int) -> str:
+        """The frame's time held to its stream's timeline (Timeline.admit), refusals and resyncs counted."""
+        verdict = self.timelines[stream].admit(time_ns, frame.meta.get("fps"))
+        if verdict == "resync":
+            self.counts[f"{stream}_time_resync"] += 1
+        elif verdict != "ok":
+            self.drops[f"{stream}_{verdict}"] += 1
+        return verdict
+
+    def _abandon(self, stream: str, count: int) -> None:
+        if count:
+            self.drops[f"{stream}_abandoned"] += count
+
+    @property
+    def thermal_full(self) -> bool:
+        """Whether the thermal buffer is at its bound: a lossless reader should read visible frames."""
+        return len(self.thermal) >= self.policy.max_buffered
 
     def end_visible(self) -> None:
         self.visible_ended = True

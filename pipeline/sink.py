@@ -7,8 +7,16 @@ capture times, per-hop latencies); `stats.json` gets every stage's statistics at
 
 A frame counts as recorded once it is handed to the recorder's encoding thread (its place in the video is
 then fixed and the live view has it); the `encode` hop measures from there to muxed. When that thread falls
-behind, lossless mode waits for it (back-pressure), live mode drops the newest frame and counts it as
-`encoder_busy`, as the rest of the pipeline does in live mode.
+behind, lossless mode waits for it (queue policy `block`: back-pressure), live mode drops the newest frame
+and counts it as `encoder_busy` (`drop_newest`), as the rest of the pipeline does in live mode.
+
+The recording's size and rate are the run's (announced by `skyfuse run` before the first frame) or the
+first valid frame's; a later frame of another size is scaled to it (`resized`, counted). Capture times are
+held to a `Timeline`: a frame dated far from the stream's recent ones is dropped (`time_jump`,
+`out_of_order`) instead of pushing every later frame into the wrong place of the recording; after a real
+clock change the recording continues from its last slot. `stats.json` is written in every case, and its
+`complete` says whether the stream ended by its end-of-stream with the fuse stage's inputs complete
+(`incomplete` says why not).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import cv2
 import numpy as np
 
 from .errors import SkyfuseError
-from .frame import EndOfStream, Frame, wall_ns
+from .frame import MAX_FPS, MIN_FPS, EndOfStream, Frame, Timeline, wall_ns
 from .hud import HudInfo, draw_hud, picture_in_picture, thermal_colormap
 from .keys import RECEIVER, add_keys_argument, link_keys
 from .liveview import LiveView, access_token
@@ -38,7 +46,7 @@ from .stage import (
     stop_on_signals,
 )
 from .stats import StageStats
-from .wire import Receiver, close_transport
+from .wire import BLOCK, DROP_NEWEST, DROP_OLDEST, Receiver, close_transport
 
 # Latency of each hop, from the stamps a frame collects on its way: (name, from stamp, to stamp).
 HOPS = (("capture_to_fuse", "capture", "fuse_in"), ("wait_in_fuse", "fuse_in", "engine_start"),
@@ -51,16 +59,24 @@ class SinkStage:
 
     def __init__(self, port: Receiver, *, output: Path, sidecar: Path | None, stats_path: Path | None,
                  hud: bool = True, pip: bool = True, colormap: bool = False,
-                 live_view: LiveView | None = None, progress_s: float = 1.0, encoder: str = "auto"):
+                 live_view: LiveView | None = None, progress_s: float = 1.0, encoder: str = "auto",
+                 encoder_policy: str = DROP_NEWEST):
+        if encoder_policy not in (BLOCK, DROP_NEWEST):
+            raise ValueError(f"the encoder's policy is {BLOCK} or {DROP_NEWEST}, not {encoder_policy!r}")
         self.port, self.output, self.stats_path = port, output, stats_path
+        self.encoder_policy = encoder_policy
         self.sidecar = Sidecar(sidecar) if sidecar else None
         self.hud, self.pip, self.colormap, self.live_view = hud, pip, colormap, live_view
         self.recorder: Recorder | None = None
         self.recorder_config = RecorderConfig(codec=encoder)
         self.stats = StageStats(self.name)
         self.upstream: dict[str, dict] = {}
+        self.upstream_incomplete: str | None = None  # why the fuse stage's inputs did not end, if so
         self.drops: dict[str, int] = {}
-        self.first_capture_ns: int | None = None
+        self.timeline = Timeline()
+        self.time_resyncs = 0
+        self.resized = 0  # frames scaled to the recording's size
+        self.anchor: tuple[int, int] | None = None  # (capture ns, slot): where the recording's time grid sits
         self.fps = 30.0
         self.recent: deque[float] = deque(maxlen=60)  # monotonic times of recent frames, for the HUD fps
         self.progress_s, self.next_progress = progress_s, time.monotonic() + progress_s
@@ -74,6 +90,8 @@ class SinkStage:
                 message = self.port.recv(100)
                 if isinstance(message, EndOfStream):
                     self.upstream.update(message.meta.get("stats", {}))
+                    if message.meta.get("complete") is False:
+                        self.upstream_incomplete = message.meta.get("why", "the fuse stage did not finish")
                     self.ended = True
                 elif message is not None:
                     self._record(message)
@@ -84,19 +102,26 @@ class SinkStage:
 
     def open_recording(self, size: tuple[int, int], fps: float | None) -> None:
         """Open the recorder at `size` (W, H) and `fps` (the source rate; None keeps the default)."""
-        if isinstance(fps, (int, float)) and 0 < fps < 1000:
+        if isinstance(fps, (int, float)) and MIN_FPS <= fps <= MAX_FPS:
             self.fps = float(fps)
         self.recorder = Recorder(self.output, self.fps, size, self.recorder_config)
         log(self.name, f"encoding {size[0]}x{size[1]} with {self.recorder.codec}"
                        + (f" ({self.recorder.fallback})" if self.recorder.fallback else ""))
 
     def _record(self, frame: Frame) -> None:
+        verdict = self.timeline.admit(frame.capture_ns, frame.meta.get("fps"))
+        if verdict not in ("ok", "resync"):
+            self.stats.drops[verdict] += 1
+            return
         if self.recorder is None:
             height, width = frame.image.shape[:2]
             self.open_recording((width, height), frame.meta.get("fps"))
-        if self.first_capture_ns is None:
-            self.first_capture_ns = frame.capture_ns
-        elif not self.port.lossless and self.recorder.busy:
+        if self.anchor is None or verdict == "resync":
+            # The grid starts here; after a clock change it goes on from the last slot, without a gap.
+            self.time_resyncs += verdict == "resync"
+            last = self.recorder.last_slot
+            self.anchor = (frame.capture_ns, 0 if last is None else last + 1)
+        elif self.encoder_policy == DROP_NEWEST and self.recorder.busy:
             self.stats.drops["encoder_busy"] += 1  # live: never wait for the encoder, keep latency flat
             return
         image = self._compose(frame)
@@ -105,8 +130,10 @@ class SinkStage:
                 log(self.name, f"frames of {image.shape[1]}x{image.shape[0]} are scaled to the recording's "
                                f"{self.recorder.size[0]}x{self.recorder.size[1]}")
                 self.resize_logged = True
+            self.resized += 1
             image = cv2.resize(image, self.recorder.size, interpolation=cv2.INTER_AREA)
-        slot = round((frame.capture_ns - self.first_capture_ns) * self.fps / 1e9)
+        anchor_ns, anchor_slot = self.anchor
+        slot = anchor_slot + round((frame.capture_ns - anchor_ns) * self.fps / 1e9)
         if self.recorder.last_slot is not None:
             slot = max(slot, self.recorder.last_slot + 1)  # capture jitter must not cost a frame
         self.recorder.write(image, slot)  # the image is the recorder's now: nothing below changes it
@@ -191,7 +218,15 @@ class SinkStage:
     def summary(self) -> dict:
         summary = self.stats.summary()
         summary["drops"] = self._own_drops()
+        summary.update(resized=self.resized, time_resyncs=self.time_resyncs,
+                       queue_policy={"input": self.port.policy, "encoder": self.encoder_policy})
         return summary
+
+    def incomplete(self) -> str | None:
+        """Why the recording does not hold the whole run, or None when it does (as far as the sink knows)."""
+        if not self.ended:
+            return "stopped before the end of the stream"
+        return self.upstream_incomplete
 
     def report(self) -> dict:
         """Everything `stats.json` holds: the run, every stage, every drop by stage and reason;
@@ -201,8 +236,10 @@ class SinkStage:
         for stage, stats in self.upstream.items():  # final counts from end-of-stream beat per-frame ones
             drops.update({f"{stage}:{k}": v for k, v in stats.get("drops", {}).items()})
         warmup = sum(v for k, v in drops.items() if k.endswith(":warmup"))
+        why = self.incomplete()
         return {"output": str(self.output), "frames_recorded": self.stats.frames, "fps_recorded": self.fps,
-                "complete": self.ended, "stages": {**self.upstream, self.name: self.summary()},
+                "complete": why is None, **({"incomplete": why} if why else {}),
+                "stages": {**self.upstream, self.name: self.summary()},
                 "drops": drops, "drops_total": sum(drops.values()) - warmup, "drops_warmup": warmup}
 
 
@@ -242,16 +279,25 @@ def main(argv: list[str]) -> int:
                              token=access_token(args.live_view_host, args.live_view_token))
         log("sink", f"live view on {live_view.url}")
     sidecar = args.sidecar or args.output.with_name(args.output.name + ".frames.jsonl")
-    port = Receiver(args.input, lossless=args.mode == "lossless", stamp="sink_in", queue_size=4,
+    recording = None
+    if channel:  # the recording's size and rate first: the size also sets what the input lets through
+        message = channel.receive()
+        if message is None:
+            log("sink", "the run stopped before it started")
+            return 0
+        recording = recording_of(message)
+    lossless = args.mode == "lossless"
+    port = Receiver(args.input, stream="fused", policy=BLOCK if lossless else DROP_OLDEST, stamp="sink_in",
+                    queue_size=4, size=recording[0] if recording else None,
                     keys=link_keys(args.keys, RECEIVER))
     try:
         stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,
                           hud=not args.no_hud, pip=not args.no_pip, colormap=args.colormap,
-                          live_view=live_view, progress_s=args.progress, encoder=args.encoder)
+                          live_view=live_view, progress_s=args.progress, encoder=args.encoder,
+                          encoder_policy=BLOCK if lossless else DROP_NEWEST)
+        if recording:
+            stage.open_recording(*recording)
         if channel:
-            if not _open_recording_for_launcher(stage, channel):
-                log("sink", "the run stopped before it started")
-                return 0
             channel.report("ready", startup_s=round(time.monotonic() - started, 3))
         summary = stage.run(stop)
     finally:
@@ -262,16 +308,13 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _open_recording_for_launcher(stage: SinkStage, channel: LauncherChannel) -> bool:
-    """Open the recorder at the size and rate `skyfuse run` announces, before the first frame. False when
-    the launcher stopped the run instead."""
-    message = channel.receive()
-    if message is None:
-        return False
+def recording_of(message: dict) -> tuple[tuple[int, int], float | None] | None:
+    """The recording's size (W, H) and rate that `skyfuse run` announces before the first frame; None when
+    it could not tell (a stream without frames): the first valid frame sets them then."""
     recording = message.get("recording")
     if not isinstance(recording, dict):
-        return True  # the launcher could not tell (a stream without frames): open at the first frame
+        return None
     width, height = recording.get("width"), recording.get("height")
-    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
-        stage.open_recording((width, height), recording.get("fps"))
-    return True
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        return None
+    return (width, height), recording.get("fps")

@@ -4,7 +4,17 @@ A message is a ZeroMQ multipart message: one JSON header part, then one raw buff
 sent without copying. The header names the protocol and its version, the stream, sequence number,
 capture time, latency stamps, JSON-able metadata, and for each buffer its name, pixel format and shape.
 Receivers check every field against the buffer lengths; a message that fails any check is dropped and
-counted by reason, never raised into a stage. Nothing is ever unpickled.
+counted by reason (`malformed:<reason>`), never raised into a stage. The header is parsed only once it is
+known to be bounded (nesting depth, digits per number), because Python's JSON parser recurses per nesting
+level and refuses integers of more than 4300 digits by raising; NaN and infinities are refused too. Nothing
+is ever unpickled. What a well-formed message may contain is the frame protocol's business
+(pipeline.frame): each input port holds its stream to it and counts what breaks it as `invalid:<reason>`.
+
+Memory is bounded before allocation where ZeroMQ allows it: a receiving socket's ZMQ_MAXMSGSIZE (which
+libzmq applies to each part) is the largest part the stream can carry at its size, so a larger part makes
+libzmq drop the connection before buffering it; the limit for the whole message is checked once it is
+read. libzmq has no limit on the number of parts of one message, so a peer can still make it buffer many
+parts under the per-part limit: link keys (CURVE) are what keep strangers off a link.
 
 A link is a DEALER (output) -> ROUTER (input) pair: frames flow one way, and the one message that flows
 back acknowledges end-of-stream once the receiver has read everything before it. A sender waits for that
@@ -21,7 +31,10 @@ link keys (pipeline.keys), a link is CURVE-encrypted and the receiver admits onl
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
+import uuid
 from collections import Counter, deque
 from typing import TYPE_CHECKING
 
@@ -29,7 +42,16 @@ import numpy as np
 import zmq
 
 from .errors import SkyfuseError
-from .frame import PIXEL_FORMATS, EndOfStream, Frame, pixel_format_of
+from .frame import (
+    PIXEL_FORMATS,
+    STREAMS,
+    EndOfStream,
+    Frame,
+    ProtocolError,
+    StreamCheck,
+    image_bytes,
+    pixel_format_of,
+)
 from .keys import RECEIVER, SENDER, LinkKeys
 
 if TYPE_CHECKING:
@@ -38,10 +60,17 @@ if TYPE_CHECKING:
 MAGIC = "skyfuse"
 VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 10  # an end-of-stream's statistics nest 6 deep
+MAX_NUMBER_DIGITS = 24  # an int64 has 19 digits, a float's shortest repr at most 21 in a row
 MAX_DIMENSION = 16384
-DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # an 8K RGB frame is 100 MB
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024  # an 8K RGB frame is 100 MB; used where the size is unknown
 ACK = b"skyfuse-eos-ack"
 STOP_GRACE_S = 0.5  # after a stop request, how long a sender still waits for its frames to leave
+
+# Queue policies, named as a port's behaviour when its queue is full.
+BLOCK = "block"  # wait for room: back-pressure, nothing lost (lossless mode)
+DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest waiting frame: what comes out is recent
+DROP_NEWEST = "drop_newest"  # refuse the frame that does not fit: never wait
 
 
 class WireError(ValueError):
@@ -80,10 +109,7 @@ def decode(parts: list, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> F
         raise WireError("oversized", f"{total} bytes exceeds the limit of {max_message_bytes}")
     if buffers[0].nbytes > MAX_HEADER_BYTES:
         raise WireError("bad_header", f"header of {buffers[0].nbytes} bytes is too large")
-    try:
-        header = json.loads(bytes(buffers[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError("bad_header", f"header is not JSON ({exc})") from None
+    header = _parse_header(bytes(buffers[0]))
     if not isinstance(header, dict) or header.get("magic") != MAGIC:
         raise WireError("bad_header", "not a skyfuse message")
     if header.get("version") != VERSION:
@@ -116,6 +142,37 @@ def decode(parts: list, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> F
     image = images.pop("image")
     return Frame(stream=stream, seq=seq, capture_ns=capture_ns, image=image, stamps=stamps, meta=meta,
                  extras=images)
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_LONG_NUMBER = re.compile(rb"[0-9]{%d}" % (MAX_NUMBER_DIGITS + 1))
+_OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def _parse_header(raw: bytes):
+    """The header's JSON, checked to be bounded before the parser sees it; WireError otherwise."""
+    skeleton = _JSON_STRING.sub(b'""', raw)  # brackets and digits inside strings do not count
+    if _LONG_NUMBER.search(skeleton):
+        raise WireError("bad_header", f"a number of more than {MAX_NUMBER_DIGITS} digits")
+    chars = np.frombuffer(skeleton, np.uint8)
+    depth = np.cumsum(np.isin(chars, _OPENING).astype(np.int32) - np.isin(chars, _CLOSING))
+    if depth.size and depth.max() > MAX_JSON_DEPTH:
+        raise WireError("bad_header", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ValueError as exc:  # not JSON, not UTF-8, or a number refused below
+        raise WireError("bad_header", f"header is not JSON ({exc})") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number the wire carries")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not finite")
+    return value
 
 
 def _is_int(value) -> bool:
@@ -174,17 +231,33 @@ def close_transport() -> None:
     zmq.Context.instance().term()
 
 
+def message_limits(stream: str, size: tuple[int, int] | None) -> tuple[int, int]:
+    """(largest part, largest message) in bytes a receiver of `stream` at `size` (W, H) lets through: a
+    part is at most the stream's largest image plus MAX_HEADER_BYTES of room (the header part, and what
+    the transport adds to a part: CURVE encryption makes it a few dozen bytes longer before libzmq checks
+    it), a message a header and every image of the stream at most that large (the protocol keeps extras
+    within the image's size); DEFAULT_MAX_MESSAGE_BYTES for both if size is None."""
+    if size is None:
+        return DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGE_BYTES
+    image = image_bytes(stream, size)
+    return image + MAX_HEADER_BYTES, MAX_HEADER_BYTES + image * (1 + len(STREAMS[stream].extras))
+
+
 class Sender:
-    """An output port (DEALER, connects). Lossless mode blocks when the receiver is behind (back-pressure);
-    live mode never blocks: a frame that finds the queue full is dropped and counted."""
+    """An output port (DEALER, connects) with queue policy `block` (lossless mode: waits while the receiver
+    is behind, back-pressure) or `drop_newest` (live mode: never waits; a frame that finds the queue full
+    is dropped and counted). Its routing id is random and kept across reconnections, so the receiver knows
+    it as the same sender (only a sender of a stream may end it)."""
 
     def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "sent", high_water_mark: int = 4,
                  stop: StopFlag | None = None, keys: LinkKeys | None = None):
         self.endpoint, self.lossless, self.stop, self.stamp = endpoint, lossless, stop, stamp
+        self.policy = BLOCK if lossless else DROP_NEWEST
         self.drops: Counter[str] = Counter()
         secret = keys.secret(SENDER) if keys is not None else None  # before a socket exists to leak
         self.socket = _context().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
+        self.socket.setsockopt(zmq.ROUTING_ID, f"skyfuse-{uuid.uuid4().hex}".encode())
         if keys is not None:  # CURVE client: talks only to the receiver that holds the receiver secret
             self.socket.curve_secretkey = secret
             self.socket.curve_publickey = keys.sender_public
@@ -193,7 +266,7 @@ class Sender:
 
     def send(self, frame: Frame) -> bool:
         """Send a frame; False when live mode dropped it (or a stop was requested while waiting)."""
-        if self.lossless:
+        if self.policy == BLOCK:
             # Wait for room in slices so that a stop request is honoured while the receiver is stalled.
             while not self.socket.poll(100, zmq.POLLOUT):
                 if self.stop is not None and self.stop.is_set():
@@ -230,33 +303,45 @@ class Sender:
         if self.stop is not None and self.stop.is_set():
             linger_ms = int(STOP_GRACE_S * 1000)
         else:
-            linger_ms = 30_000 if self.lossless else 1000
+            linger_ms = 30_000 if self.policy == BLOCK else 1000
         self.socket.close(linger=linger_ms)
 
 
 class Receiver:
-    """An input port (ROUTER, binds) with an explicit queue policy.
+    """An input port (ROUTER, binds) for one stream, with a named queue policy.
 
-    - lossless: one message is taken from the socket per `recv`, so a slow stage pushes back on its sender.
-    - live (`drop_oldest`): every waiting message is taken into a queue of `queue_size`; when it is full
+    - `block` (lossless): one message is taken from the socket per `recv`, so a slow stage pushes back on
+      its sender.
+    - `drop_oldest` (live): every waiting message is taken into a queue of `queue_size`; when it is full
       the oldest frame is dropped and counted, so what comes out is always recent and latency stays flat.
-    Malformed messages are dropped and counted as `malformed:<reason>`; `last_error` keeps the detail.
+    Malformed messages are dropped and counted as `malformed:<reason>`, messages the frame protocol does
+    not allow on this stream as `invalid:<reason>` (`StreamCheck`; `size` (W, H) is the stream's size
+    where the run knows it, which also sets the byte limits); `last_error` keeps the detail. Only a peer
+    that has sent frames of the stream may end it (`invalid:eos_from_stranger`), unless nobody has: a
+    stream may end without a frame.
     """
 
-    def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "received", queue_size: int = 2,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, high_water_mark: int = 4,
+    def __init__(self, endpoint: str, *, stream: str, policy: str, stamp: str = "received",
+                 queue_size: int = 2, size: tuple[int, int] | None = None,
+                 max_message_bytes: int | None = None, high_water_mark: int = 4,
                  keys: LinkKeys | None = None):
-        self.endpoint, self.lossless, self.stamp = endpoint, lossless, stamp
-        self.queue_size, self.max_message_bytes = queue_size, max_message_bytes
+        if policy not in (BLOCK, DROP_OLDEST):
+            raise ValueError(f"an input port's policy is {BLOCK} or {DROP_OLDEST}, not {policy!r}")
+        self.endpoint, self.policy, self.stamp = endpoint, policy, stamp
+        self.check = StreamCheck(stream, size)
+        max_part, self.max_message_bytes = ((max_message_bytes, max_message_bytes) if max_message_bytes
+                                            else message_limits(stream, size))
+        self.queue_size = queue_size
         self.drops: Counter[str] = Counter()
         self.last_error = ""
+        self.senders: set[bytes] = set()  # routing ids of the peers that sent frames of the stream
         self.queue: deque[Frame | EndOfStream] = deque()
         secret = keys.secret(RECEIVER) if keys is not None else None  # before a socket exists to leak
         self.socket = _context().socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.RCVHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 0)
-        # A backstop against memory exhaustion; messages under it but over the limit are counted in decode.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_part)  # per part: libzmq drops the peer, allocates nothing
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a sender that reconnects keeps its routing id
         if keys is not None:  # CURVE server: encrypted, and only the key folder's senders get in
             _admit_senders_of(keys)
             self.socket.curve_server = True
@@ -268,13 +353,17 @@ class Receiver:
             self.socket.close()
             raise SkyfuseError(f"cannot listen on {endpoint}: {exc}") from None
 
+    @property
+    def lossless(self) -> bool:
+        return self.policy == BLOCK
+
     def recv(self, timeout_ms: int) -> Frame | EndOfStream | None:
         """The next message, or None if nothing valid arrived within `timeout_ms`."""
         if not self.queue:
             if not self.socket.poll(timeout_ms, zmq.POLLIN):
                 return None
             self._take_one()
-        if not self.lossless:
+        if self.policy == DROP_OLDEST:
             while self.socket.poll(0, zmq.POLLIN):
                 self._take_one()
         return self.queue.popleft() if self.queue else None
@@ -287,16 +376,23 @@ class Receiver:
         peer, *parts = self.socket.recv_multipart(copy=False)
         try:
             message = decode(parts, self.max_message_bytes)
-        except WireError as exc:
-            self.drops[f"malformed:{exc.reason}"] += 1
+            self.check.check(message)
+        except (WireError, ProtocolError) as exc:
+            kind = "malformed" if isinstance(exc, WireError) else "invalid"
+            self.drops[f"{kind}:{exc.reason}"] += 1
             self.last_error = str(exc)
             return
         if isinstance(message, Frame):
+            self.senders.add(peer.bytes)
             message.stamp(self.stamp)
+        elif self.senders and peer.bytes not in self.senders:
+            self.drops["invalid:eos_from_stranger"] += 1
+            self.last_error = f"end of {message.stream} from a peer that sent none of its frames"
+            return
         else:
             self.socket.send_multipart([peer.bytes, ACK], flags=zmq.NOBLOCK)
         self.queue.append(message)
-        if not self.lossless and len(self.queue) > self.queue_size:
+        if self.policy == DROP_OLDEST and len(self.queue) > self.queue_size:
             oldest_frame = next((m for m in self.queue if isinstance(m, Frame)), None)
             if oldest_frame is not None:
                 self.queue.remove(oldest_frame)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.frame import Frame
+from pipeline.frame import RESYNC_FRAMES, Frame
 from pipeline.pairing import Pairer, PairingPolicy
 
 PIXEL = np.zeros((1, 1), np.uint8)
@@ -132,3 +132,40 @@ def test_bad_policy_is_refused():
         PairingPolicy(strategy="closest")
     with pytest.raises(ValueError):
         PairingPolicy(window_s=0)
+
+
+def test_one_thermal_frame_dated_in_the_future_is_dropped_not_every_later_one():
+    """A single far-future stamp used to make every later thermal frame 'out of order'."""
+    times = [i / 30 for i in range(60)]
+    pairer = Pairer(PairingPolicy())
+    pairs = []
+    for i, t in enumerate(times):
+        pairer.add_thermal(frame("thermal", i, t, 30))
+        if i == 10:
+            pairer.add_thermal(frame("thermal", 999, 31 * 365 * 86400.0, 30))  # 31 years ahead
+        pairer.add_visible(frame("visible", i, t, 30))
+        pairs += pairer.pop_ready()
+    assert [(p.visible.seq, p.thermal.seq) for p in pairs] == [(i, i) for i in range(60)]
+    assert pairer.drops == {"thermal_time_jump": 1}
+
+
+def test_a_real_clock_step_is_followed_after_a_few_frames():
+    pairer = Pairer(PairingPolicy())
+    step = 3600.0  # the drone's clock jumps an hour: both streams move
+    times = [i / 30 for i in range(30)] + [step + i / 30 for i in range(30, 60)]
+    pairs = run(pairer, times, times)
+    resync = RESYNC_FRAMES - 1  # frames refused before the new time base is believed
+    assert pairer.drops == {"visible_time_jump": resync, "thermal_time_jump": resync}
+    assert pairer.counts["visible_time_resync"] == pairer.counts["thermal_time_resync"] == 1
+    assert len(pairs) == 60 - resync
+    assert all(p.visible.seq == p.thermal.seq for p in pairs)
+
+
+def test_a_stalled_visible_camera_leaves_the_thermal_buffer_bounded():
+    pairer = Pairer(PairingPolicy(max_buffered=8))
+    for i in range(100):
+        pairer.add_thermal(frame("thermal", i, i / 30, 30))
+        assert len(pairer.thermal) <= 8
+    assert pairer.thermal_full and pairer.drops == {"thermal_buffer_full": 92}
+    pairer.add_visible(frame("visible", 0, 99 / 30, 30))
+    assert [p.thermal.seq for p in pairer.pop_ready()] == [99]

@@ -1,6 +1,7 @@
 """Wire format: round trip over real sockets, and every malformed field rejected and counted."""
 
 import json
+import threading
 import time
 import uuid
 
@@ -11,15 +12,25 @@ import zmq
 from pipeline.errors import SkyfuseError
 from pipeline.frame import EndOfStream, Frame
 from pipeline.keys import LinkKeys, create_keys, load_keys
-from pipeline.wire import ACK, VERSION, Receiver, Sender, WireError, close_transport, decode, encode
+from pipeline.wire import (
+    ACK,
+    BLOCK,
+    DROP_OLDEST,
+    VERSION,
+    Receiver,
+    Sender,
+    WireError,
+    close_transport,
+    decode,
+    encode,
+)
 
 
 def make_frame(**overrides) -> Frame:
     rng = np.random.default_rng(0)
     values = dict(stream="visible", seq=7, capture_ns=123_456_789,
                   image=rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
-                  stamps={"capture": 1}, meta={"fps": 30.0},
-                  extras={"thermal": rng.integers(0, 65535, (12, 16), dtype=np.uint16)})
+                  stamps={"capture": 1}, meta={"fps": 30.0})
     values.update(overrides)
     return Frame(**values)
 
@@ -40,7 +51,7 @@ def endpoint(tmp_path):
 
 
 def test_round_trip_keeps_pixels_identity_and_metadata():
-    frame = make_frame()
+    frame = make_frame(extras={"thermal": np.random.default_rng(1).integers(0, 65535, (12, 16), np.uint16)})
     decoded = decode([bytes(p) for p in encode(frame)])
     assert (decoded.stream, decoded.seq, decoded.capture_ns) == ("visible", 7, 123_456_789)
     assert decoded.meta == {"fps": 30.0} and decoded.stamps == {"capture": 1}
@@ -109,13 +120,14 @@ def test_rejects_missing_buffer_not_json_and_oversized():
 
 
 def test_receiver_counts_and_drops_malformed_messages_then_keeps_working(endpoint):
-    receiver = Receiver(endpoint, lossless=True, stamp="fuse_in", max_message_bytes=200_000)
+    receiver = Receiver(endpoint, stream="visible", policy=BLOCK, stamp="fuse_in", max_message_bytes=200_000)
     push = zmq.Context.instance().socket(zmq.DEALER)
     push.connect(endpoint)
     try:
         push.send_multipart([b"garbage"])
         push.send_multipart(with_header(encode(make_frame()), version=99))
-        push.send_multipart([bytes(p) for p in encode(make_frame(image=np.zeros((400, 400, 3), np.uint8)))])
+        # Each part is under the limit, the message is not: refused once it is read.
+        push.send_multipart([bytes(encode(make_frame())[0]), bytes(150_000), bytes(100_000)])
         push.send_multipart([bytes(p) for p in encode(make_frame(seq=8))])
         received = [receiver.recv(1000) for _ in range(4)]
     finally:
@@ -128,8 +140,95 @@ def test_receiver_counts_and_drops_malformed_messages_then_keeps_working(endpoin
     assert "version 99" in receiver.last_error or "oversized" in receiver.last_error
 
 
+@pytest.mark.parametrize("header, detail", [
+    (b"[" * 60_000, "nested deeper"),                                  # RecursionError in json.loads
+    (b'{"magic": "skyfuse", "seq": ' + b"7" * 5000 + b"}", "digits"),  # ValueError: int max-str-digits
+    (b'{"magic": "skyfuse", "meta": {"fps": Infinity}}', "Infinity"),
+    (b'{"magic": "skyfuse", "meta": {"fps": NaN}}', "NaN"),
+    (b'{"magic": "skyfuse", "meta": {"fps": 1e400}}', "not finite"),
+    (b'{"magic": "skyfuse", "meta": {"note": "[[[[[[[[[[[[[[[[[[[[ 12345678901234567890123456789"}}', None),
+])
+def test_header_is_bounded_before_it_is_parsed(header, detail):
+    """Hostile headers are refused by reason, never raised; brackets and digits inside strings are text."""
+    if detail is None:  # within bounds: parsed, then refused for what it lacks
+        with pytest.raises(WireError, match="bad_version"):
+            decode([header])
+        return
+    with pytest.raises(WireError, match=detail) as info:
+        decode([header])
+    assert info.value.reason == "bad_header"
+
+
+def test_a_part_over_the_sockets_limit_is_refused_before_it_is_buffered(endpoint):
+    """ZMQ_MAXMSGSIZE is the per-part limit: libzmq drops the connection on reading the part's length, so the
+    stage never holds it; other senders go on."""
+    receiver = Receiver(endpoint, stream="visible", policy=BLOCK, max_message_bytes=100_000)
+    hostile = zmq.Context.instance().socket(zmq.DEALER)
+    hostile.connect(endpoint)
+    sender = Sender(endpoint, lossless=True)
+    try:
+        hostile.send_multipart([bytes(encode(make_frame())[0]), bytes(1_000_000)])
+        assert receiver.recv(500) is None
+        sender.send(make_frame(seq=3))
+        message = receiver.recv(2000)
+        assert receiver.socket.getsockopt(zmq.MAXMSGSIZE) == 100_000
+    finally:
+        hostile.close(0)
+        sender.close()
+        receiver.close()
+    assert message.seq == 3 and not receiver.drops
+
+
+def test_limits_follow_the_streams_geometry(endpoint):
+    receiver = Receiver(endpoint, stream="visible", policy=BLOCK, size=(640, 480))
+    try:
+        assert receiver.socket.getsockopt(zmq.MAXMSGSIZE) == 640 * 480 * 3 + 64 * 1024
+        assert receiver.max_message_bytes == 640 * 480 * 3 + 64 * 1024
+    finally:
+        receiver.close()
+
+
+def test_only_a_sender_of_the_stream_may_end_it(endpoint):
+    receiver = Receiver(endpoint, stream="visible", policy=BLOCK)
+    sender = Sender(endpoint, lossless=True)
+    stranger = Sender(endpoint, lossless=True)
+    try:
+        sender.send(make_frame(seq=1))
+        assert receiver.recv(2000).seq == 1
+        assert not stranger.send_eos(EndOfStream("visible"), timeout_ms=500), "never acknowledged"
+        assert receiver.recv(200) is None
+        acknowledged = []
+        ending = threading.Thread(target=lambda: acknowledged.append(sender.send_eos(EndOfStream("visible"))))
+        ending.start()
+        assert isinstance(receiver.recv(2000), EndOfStream)
+        ending.join()
+        assert acknowledged == [True]
+    finally:
+        for port in (sender, stranger, receiver):
+            port.close()
+    assert receiver.drops == {"invalid:eos_from_stranger": 1}
+
+
+def test_a_port_holds_its_stream_to_the_frame_protocol(endpoint):
+    receiver = Receiver(endpoint, stream="visible", policy=BLOCK)
+    sender = Sender(endpoint, lossless=True)
+    gray = np.zeros((48, 64), np.uint8)
+    try:
+        for frame in (make_frame(seq=1), make_frame(stream="thermal", image=gray), make_frame(image=gray),
+                      make_frame(meta={"fps": 1e-9}), make_frame(meta={"drops": {"x": "many"}}),
+                      make_frame(image=np.zeros((50, 64, 3), np.uint8)), make_frame(seq=2)):
+            sender.send(frame)
+        seqs = [m.seq for m in (receiver.recv(1000) for _ in range(7)) if m is not None]
+    finally:
+        sender.close()
+        receiver.close()
+    assert seqs == [1, 2]
+    assert receiver.drops == {"invalid:stream": 1, "invalid:format": 1, "invalid:meta.fps": 1,
+                              "invalid:meta.drops": 1, "invalid:size_changed": 1}
+
+
 def test_live_receiver_keeps_only_the_newest_frames_and_counts_the_rest(endpoint):
-    receiver = Receiver(endpoint, lossless=False, queue_size=2, high_water_mark=100)
+    receiver = Receiver(endpoint, stream="visible", policy=DROP_OLDEST, queue_size=2, high_water_mark=100)
     sender = Sender(endpoint, lossless=False, high_water_mark=100)
     try:
         for seq in range(10):
@@ -151,7 +250,7 @@ def test_live_receiver_keeps_only_the_newest_frames_and_counts_the_rest(endpoint
 
 
 def test_live_sender_drops_and_counts_when_nobody_reads(endpoint):
-    receiver = Receiver(endpoint, lossless=True, high_water_mark=1)
+    receiver = Receiver(endpoint, stream="visible", policy=BLOCK, high_water_mark=1)
     sender = Sender(endpoint, lossless=False, high_water_mark=1)
     try:
         results = [sender.send(make_frame(seq=i)) for i in range(20)]
@@ -163,7 +262,7 @@ def test_live_sender_drops_and_counts_when_nobody_reads(endpoint):
 
 
 def test_end_of_stream_is_acknowledged_once_everything_before_it_was_read(endpoint):
-    receiver = Receiver(endpoint, lossless=True)
+    receiver = Receiver(endpoint, stream="visible", policy=BLOCK)
     sender = Sender(endpoint, lossless=True)
     try:
         sender.send(make_frame(seq=1))
@@ -177,7 +276,7 @@ def test_end_of_stream_is_acknowledged_once_everything_before_it_was_read(endpoi
 
 
 def test_tcp_link_carries_frames(tmp_path):
-    receiver = Receiver("tcp://127.0.0.1:*", lossless=True)
+    receiver = Receiver("tcp://127.0.0.1:*", stream="visible", policy=BLOCK)
     address = receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
     sender = Sender(address, lossless=True)
     try:
@@ -194,7 +293,7 @@ def keyed_tcp(tmp_path):
     """A CURVE receiver on a loopback tcp port with the deployment's keys, and its address; the
     transport (with its authenticator thread) is shut down afterwards."""
     keys = load_keys(create_keys(tmp_path / "keys"))
-    receiver = Receiver("tcp://127.0.0.1:*", lossless=True, keys=keys)
+    receiver = Receiver("tcp://127.0.0.1:*", stream="visible", policy=BLOCK, keys=keys)
     yield keys, receiver, receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
     receiver.close()
     close_transport()
@@ -238,7 +337,22 @@ def test_link_keys_errors_name_the_missing_piece(tmp_path):
     drone = load_keys(folder)
     assert drone.require("sender") is drone
     with pytest.raises(SkyfuseError, match="no receiver.key_secret"):
-        Receiver("tcp://127.0.0.1:*", lossless=True, keys=drone)
+        Receiver("tcp://127.0.0.1:*", stream="visible", policy=BLOCK, keys=drone)
     (folder / "receiver.key").unlink()
     with pytest.raises(SkyfuseError, match="receiver.key is missing"):
         load_keys(folder)
+
+
+def test_a_keyed_link_carries_frames_of_exactly_the_streams_size(tmp_path):
+    """CURVE makes each part longer than the image before libzmq checks it against the per-part limit."""
+    keys = load_keys(create_keys(tmp_path / "keys"))
+    receiver = Receiver("tcp://127.0.0.1:*", stream="visible", policy=BLOCK, size=(640, 480), keys=keys)
+    sender = Sender(receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode(), lossless=True, keys=keys)
+    try:
+        sender.send(make_frame(image=np.zeros((480, 640, 3), np.uint8)))
+        message = receiver.recv(3000)
+    finally:
+        sender.close()
+        receiver.close()
+        close_transport()
+    assert message is not None and message.image.shape == (480, 640, 3)
