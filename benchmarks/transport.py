@@ -59,7 +59,7 @@ def zmq_hop(endpoint: str, kind: str, count: int, fps: float | None, keys: str |
     receiver = ctx.Process(target=_zmq_receiver, args=(endpoint, _stream(kind), count, results, keys))
     receiver.start()
     time.sleep(0.5)
-    sender = Sender(endpoint, lossless=True, high_water_mark=8, keys=link_keys(keys))
+    sender = Sender(endpoint, policy=BLOCK, high_water_mark=8, keys=link_keys(keys))
     image = _image(kind)
     started = time.perf_counter()
     for seq in range(count):

@@ -47,7 +47,7 @@ from .stage import (
     stop_on_signals,
 )
 from .stats import StageStats
-from .wire import Sender, close_transport
+from .wire import BLOCK, DROP_NEWEST, Sender, close_transport
 
 
 class CaptureStage:
@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
                          open_timeout=args.open_timeout, stall_timeout=args.stall_timeout)
     lossless = args.mode == "lossless"
     pace = (args.pace or ("max" if lossless else "native")) == "native"
-    output = Sender(args.output, lossless=lossless, stamp="capture_sent", stop=stop,
+    output = Sender(args.output, policy=BLOCK if lossless else DROP_NEWEST, stamp="capture_sent", stop=stop,
                     keys=link_keys(args.keys, SENDER))
     stage = CaptureStage(source, output, pace=pace, epoch_ns=args.epoch_ns)
     try:

@@ -15,7 +15,9 @@ expected):
 - numbers: `seq`, `capture_ns` and every stamp are integers in 0..MAX_INT (ns); `fps` is in
   MIN_FPS..MAX_FPS; counters are integers in 0..MAX_INT; no number is NaN or infinite.
 - frame metadata, per stream (`STREAMS[stream].meta`; any other key is refused): `fps`, `drops` (the
-  sender's cumulative drops so far, `stage:reason` -> count) on every stream; the fused stream adds
+  sender's cumulative drops so far, `stage:reason` -> count) on every stream, and from a live source
+  `stalled_s` (seconds without a frame before this one: the signal was lost) and `reconnects`; the fused
+  stream adds
   `engine` and `link` (text) and `thermal` (the partner thermal frame: seq, capture_ns, dt_ms, reuse,
   stamps).
 - statistics flow on one channel: each frame's `drops` carries the running counts, for the live HUD; the
@@ -181,7 +183,8 @@ class StreamSpec:
     meta: dict[str, Callable[[object], bool]]
 
 
-_CAMERA_META = {"fps": _rate, "drops": _counters}
+_CAMERA_META = {"fps": _rate, "drops": _counters, "stalled_s": lambda v: _number(v) and v >= 0,
+                "reconnects": _count}
 STREAMS: dict[str, StreamSpec] = {
     "visible": StreamSpec(("bgr8",), {}, _CAMERA_META),
     "thermal": StreamSpec(("gray8", "gray16"), {}, _CAMERA_META),

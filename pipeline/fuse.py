@@ -49,7 +49,7 @@ from .stage import (
     stop_on_signals,
 )
 from .stats import StageStats
-from .wire import BLOCK, DROP_OLDEST, Receiver, Sender, close_transport
+from .wire import BLOCK, DROP_NEWEST, DROP_OLDEST, Receiver, Sender, close_transport
 
 THUMBNAIL_SCALE = 4  # picture-in-picture inputs travel at 1/4 size
 
@@ -402,7 +402,8 @@ def main(argv: list[str]) -> int:
                                stamp="fuse_in", queue_size=4, size=camera, keys=keys)
                       for endpoint, stream, camera in ((vis, "visible", visible_size),
                                                        (ir, "thermal", thermal_size))]
-            output = Sender(out, lossless=lossless, stamp="fuse_sent", stop=stop, keys=keys)
+            output = Sender(out, policy=BLOCK if lossless else DROP_NEWEST, stamp="fuse_sent", stop=stop,
+                            keys=keys)
             links.append(Link(name, *inputs, output, Pairer(policy), rig))
             log(links[-1].stats.stage, f"engine {engine.describe()}, pairing {policy.strategy}, "
                                        f"time offset {offset:+.3f} s")

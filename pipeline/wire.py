@@ -249,10 +249,11 @@ class Sender:
     is dropped and counted). Its routing id is random and kept across reconnections, so the receiver knows
     it as the same sender (only a sender of a stream may end it)."""
 
-    def __init__(self, endpoint: str, *, lossless: bool, stamp: str = "sent", high_water_mark: int = 4,
+    def __init__(self, endpoint: str, *, policy: str, stamp: str = "sent", high_water_mark: int = 4,
                  stop: StopFlag | None = None, keys: LinkKeys | None = None):
-        self.endpoint, self.lossless, self.stop, self.stamp = endpoint, lossless, stop, stamp
-        self.policy = BLOCK if lossless else DROP_NEWEST
+        if policy not in (BLOCK, DROP_NEWEST):
+            raise ValueError(f"an output port's policy is {BLOCK} or {DROP_NEWEST}, not {policy!r}")
+        self.endpoint, self.policy, self.stop, self.stamp = endpoint, policy, stop, stamp
         self.drops: Counter[str] = Counter()
         secret = keys.secret(SENDER) if keys is not None else None  # before a socket exists to leak
         self.socket = _context().socket(zmq.DEALER)
@@ -263,6 +264,10 @@ class Sender:
             self.socket.curve_publickey = keys.sender_public
             self.socket.curve_serverkey = keys.receiver_public
         self.socket.connect(endpoint)
+
+    @property
+    def lossless(self) -> bool:
+        return self.policy == BLOCK
 
     def send(self, frame: Frame) -> bool:
         """Send a frame; False when live mode dropped it (or a stop was requested while waiting)."""

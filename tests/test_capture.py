@@ -18,14 +18,15 @@ from pipeline.frame import EndOfStream, Frame
 from pipeline.sources import Source, SyntheticSource, open_source
 from pipeline.stage import StopFlag
 from pipeline.synthetic import FlightConfig, SyntheticFlight
-from pipeline.wire import Receiver, Sender
+from pipeline.wire import DROP_NEWEST, DROP_OLDEST, Receiver, Sender
 
 
 class Drain:
     """The receiving end of a capture: takes every frame, noting the monotonic time it arrived."""
 
-    def __init__(self, endpoint: str):
-        self.receiver = Receiver(endpoint, lossless=False, queue_size=10_000, high_water_mark=10_000)
+    def __init__(self, endpoint: str, stream: str):
+        self.receiver = Receiver(endpoint, stream=stream, policy=DROP_OLDEST, queue_size=10_000,
+                                 high_water_mark=10_000)
         self.frames: list[tuple[float, Frame]] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -42,9 +43,9 @@ class Drain:
 
 def run_capture(source: Source, endpoint: str, stop: StopFlag | None = None) -> tuple[dict, list]:
     """Run a live-mode capture of `source` at its native pace until it ends or `stop` is set."""
-    drain = Drain(endpoint)
+    drain = Drain(endpoint, source.stream)
     stop = stop or StopFlag()
-    sender = Sender(endpoint, lossless=False, high_water_mark=10_000, stop=stop)
+    sender = Sender(endpoint, policy=DROP_NEWEST, high_water_mark=10_000, stop=stop)
     try:
         summary = CaptureStage(source, sender, pace=True).run(stop)
     finally:
@@ -255,7 +256,7 @@ def test_a_truncated_video_is_reported_and_its_missing_frames_counted(tmp_path, 
 
 def test_files_gone_mid_run_are_counted_and_logged_once(tmp_path, capsys):
     for i in range(6):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((10, 20), i, np.uint8))
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((24, 32), i, np.uint8))
     source = open_source(str(tmp_path), "thermal", fps=60)
     for i in range(2, 6):
         (tmp_path / f"{i}.png").unlink()

@@ -192,7 +192,7 @@ def test_stages_started_alone_drop_and_count_malformed_messages(tmp_path):
     import zmq
 
     from pipeline.frame import EndOfStream, Frame
-    from pipeline.wire import Sender
+    from pipeline.wire import BLOCK, Sender
 
     ends = {name: f"ipc://{tmp_path}/{name}" for name in ("visible", "thermal", "sink")}
     output = tmp_path / "fused.mkv"
@@ -203,7 +203,7 @@ def test_stages_started_alone_drop_and_count_malformed_messages(tmp_path):
     fuse = subprocess.Popen([sys.executable, "-m", "pipeline", "fuse", "--visible-in", ends["visible"],
                              "--thermal-in", ends["thermal"], "--output", ends["sink"], "--mode", "lossless",
                              "--engine", "blend"], env=env, stderr=subprocess.PIPE, text=True)
-    senders = {s: Sender(ends[s], lossless=True) for s in ("visible", "thermal")}
+    senders = {s: Sender(ends[s], policy=BLOCK) for s in ("visible", "thermal")}
     raw = zmq.Context.instance().socket(zmq.DEALER)
     raw.connect(ends["visible"])
     rng = np.random.default_rng(0)
@@ -288,7 +288,7 @@ def test_a_run_over_tcp_with_link_keys_and_a_guarded_live_view_records_every_fra
 def test_one_fuse_stage_serves_two_camera_pairs_in_batched_engine_calls(tmp_path):
     """Two drones into one ground station: per-pair order, timestamps and statistics survive batching."""
     from pipeline.frame import EndOfStream, Frame
-    from pipeline.wire import Sender
+    from pipeline.wire import BLOCK, Sender
 
     env = _env()
     links = ("north", "south")
@@ -303,7 +303,7 @@ def test_one_fuse_stage_serves_two_camera_pairs_in_batched_engine_calls(tmp_path
         fuse_args += ["--link", link, "--visible-in", ends[link, "visible"], "--thermal-in",
                       ends[link, "thermal"], "--output", ends[link, "sink"]]
     fuse = subprocess.Popen([sys.executable, "-m", "pipeline", *fuse_args], env=env)
-    senders = {(link, stream): Sender(ends[link, stream], lossless=True) for link in links
+    senders = {(link, stream): Sender(ends[link, stream], policy=BLOCK) for link in links
                for stream in ("visible", "thermal")}
     rng = np.random.default_rng(0)
     start = {"north": 1_000_000_000, "south": 5_000_000_000}  # different clocks per drone

@@ -15,6 +15,7 @@ from pipeline.keys import LinkKeys, create_keys, load_keys
 from pipeline.wire import (
     ACK,
     BLOCK,
+    DROP_NEWEST,
     DROP_OLDEST,
     VERSION,
     Receiver,
@@ -165,7 +166,7 @@ def test_a_part_over_the_sockets_limit_is_refused_before_it_is_buffered(endpoint
     receiver = Receiver(endpoint, stream="visible", policy=BLOCK, max_message_bytes=100_000)
     hostile = zmq.Context.instance().socket(zmq.DEALER)
     hostile.connect(endpoint)
-    sender = Sender(endpoint, lossless=True)
+    sender = Sender(endpoint, policy=BLOCK)
     try:
         hostile.send_multipart([bytes(encode(make_frame())[0]), bytes(1_000_000)])
         assert receiver.recv(500) is None
@@ -190,8 +191,8 @@ def test_limits_follow_the_streams_geometry(endpoint):
 
 def test_only_a_sender_of_the_stream_may_end_it(endpoint):
     receiver = Receiver(endpoint, stream="visible", policy=BLOCK)
-    sender = Sender(endpoint, lossless=True)
-    stranger = Sender(endpoint, lossless=True)
+    sender = Sender(endpoint, policy=BLOCK)
+    stranger = Sender(endpoint, policy=BLOCK)
     try:
         sender.send(make_frame(seq=1))
         assert receiver.recv(2000).seq == 1
@@ -211,7 +212,7 @@ def test_only_a_sender_of_the_stream_may_end_it(endpoint):
 
 def test_a_port_holds_its_stream_to_the_frame_protocol(endpoint):
     receiver = Receiver(endpoint, stream="visible", policy=BLOCK)
-    sender = Sender(endpoint, lossless=True)
+    sender = Sender(endpoint, policy=BLOCK)
     gray = np.zeros((48, 64), np.uint8)
     try:
         for frame in (make_frame(seq=1), make_frame(stream="thermal", image=gray), make_frame(image=gray),
@@ -229,7 +230,7 @@ def test_a_port_holds_its_stream_to_the_frame_protocol(endpoint):
 
 def test_live_receiver_keeps_only_the_newest_frames_and_counts_the_rest(endpoint):
     receiver = Receiver(endpoint, stream="visible", policy=DROP_OLDEST, queue_size=2, high_water_mark=100)
-    sender = Sender(endpoint, lossless=False, high_water_mark=100)
+    sender = Sender(endpoint, policy=DROP_NEWEST, high_water_mark=100)
     try:
         for seq in range(10):
             assert sender.send(make_frame(seq=seq))
@@ -251,7 +252,7 @@ def test_live_receiver_keeps_only_the_newest_frames_and_counts_the_rest(endpoint
 
 def test_live_sender_drops_and_counts_when_nobody_reads(endpoint):
     receiver = Receiver(endpoint, stream="visible", policy=BLOCK, high_water_mark=1)
-    sender = Sender(endpoint, lossless=False, high_water_mark=1)
+    sender = Sender(endpoint, policy=DROP_NEWEST, high_water_mark=1)
     try:
         results = [sender.send(make_frame(seq=i)) for i in range(20)]
     finally:
@@ -263,7 +264,7 @@ def test_live_sender_drops_and_counts_when_nobody_reads(endpoint):
 
 def test_end_of_stream_is_acknowledged_once_everything_before_it_was_read(endpoint):
     receiver = Receiver(endpoint, stream="visible", policy=BLOCK)
-    sender = Sender(endpoint, lossless=True)
+    sender = Sender(endpoint, policy=BLOCK)
     try:
         sender.send(make_frame(seq=1))
         assert not sender.send_eos(EndOfStream("visible"), timeout_ms=300), "not read yet"
@@ -278,7 +279,7 @@ def test_end_of_stream_is_acknowledged_once_everything_before_it_was_read(endpoi
 def test_tcp_link_carries_frames(tmp_path):
     receiver = Receiver("tcp://127.0.0.1:*", stream="visible", policy=BLOCK)
     address = receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-    sender = Sender(address, lossless=True)
+    sender = Sender(address, policy=BLOCK)
     try:
         sender.send(make_frame(seq=3))
         message = receiver.recv(2000)
@@ -301,7 +302,7 @@ def keyed_tcp(tmp_path):
 
 def test_a_keyed_link_carries_frames_encrypted(keyed_tcp):
     keys, receiver, address = keyed_tcp
-    sender = Sender(address, lossless=True, keys=keys)
+    sender = Sender(address, policy=BLOCK, keys=keys)
     try:
         sender.send(make_frame(seq=5))
         message = receiver.recv(3000)
@@ -316,7 +317,7 @@ def test_a_keyed_receiver_admits_no_sender_without_the_deployments_key(keyed_tcp
     other = load_keys(create_keys(tmp_path / "other"))
     # An intruder who knows the receiver's public key but holds another sender key, and a plain sender.
     intruder = LinkKeys(other.folder, keys.receiver_public, None, other.sender_public, other.sender_secret)
-    senders = [Sender(address, lossless=False, keys=intruder), Sender(address, lossless=False)]
+    senders = [Sender(address, policy=DROP_NEWEST, keys=intruder), Sender(address, policy=DROP_NEWEST)]
     try:
         for sender in senders:
             sender.send(make_frame(seq=9))
@@ -347,7 +348,7 @@ def test_a_keyed_link_carries_frames_of_exactly_the_streams_size(tmp_path):
     """CURVE makes each part longer than the image before libzmq checks it against the per-part limit."""
     keys = load_keys(create_keys(tmp_path / "keys"))
     receiver = Receiver("tcp://127.0.0.1:*", stream="visible", policy=BLOCK, size=(640, 480), keys=keys)
-    sender = Sender(receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode(), lossless=True, keys=keys)
+    sender = Sender(receiver.socket.getsockopt(zmq.LAST_ENDPOINT).decode(), policy=BLOCK, keys=keys)
     try:
         sender.send(make_frame(image=np.zeros((480, 640, 3), np.uint8)))
         message = receiver.recv(3000)
