@@ -45,6 +45,19 @@ def sample_size(geometry: Geometry) -> tuple[int, int]:
     return height, height + m
 
 
+def verify_sizes(geometry: Geometry) -> list[tuple[int, int]]:
+    """The H×W at which `skyfuse export` checks the graph against PyTorch: the traced size and, for a
+    dynamic graph, one that differs from it in height, width and pixel count, so a size baked into the
+    graph shows. It is one multiple lower and one wider, so it has fewer pixels: ONNX Runtime holds an
+    attention layer's scores whole (batch × heads × tokens², misfit-v: a token per 8×8 pixels), and a larger
+    size grows the check quadratically: (2H, H+W) needed over 24 GB for misfit-v."""
+    height, width = sample_size(geometry)
+    if geometry.fixed_size:
+        return [(height, width)]
+    m = geometry.size_multiple
+    return [(height, width), (height - m, width + m)]
+
+
 def needs_symbolic_shapes(network) -> bool:
     """Attention layers compute reshape sizes with Python arithmetic on tensor sizes, which the TorchScript
     tracer bakes into constants (the graph then only runs at the traced size); torch.export keeps them."""
@@ -265,9 +278,7 @@ def main(argv: list[str]) -> int:
     fp32_path = Path(args.output) if args.precision == "fp32" else Path(args.output).with_suffix(".fp32.onnx")
     export_network(network, fp32_path, model_name=label, opset=args.opset, exporter=args.exporter)
     geometry = network_geometry(network)
-    height, width = sample_size(geometry)
-    sizes = [(height, width)] if geometry.fixed_size else [(height, width), (2 * height, height + width)]
-    error = verify_export(network, fp32_path, sizes)
+    error = verify_export(network, fp32_path, verify_sizes(geometry))
     print(f"export: {label} fp32 -> {fp32_path} (ONNX Runtime vs PyTorch max |error| {error:.2e})")
     if error > 1e-4:
         raise SkyfuseError(f"exported graph differs from PyTorch by {error:.2e} (> 1e-4)")
