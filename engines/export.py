@@ -250,6 +250,13 @@ def verify_export(network, path: str | Path, sizes: list[tuple[int, int]], batch
     return worst
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (ru_maxrss, KiB on Linux): what an export needs of a machine."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def smooth_random(rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
     """(B, 1, H, W) float32 random images in [0, 1] with image-like (not per-pixel) variation that fade to 0
     at the borders, so the zero padding of a warp adds no intensity step there."""
@@ -301,9 +308,9 @@ def main(argv: list[str]) -> int:
 
         quantize_int8(fp32_path, args.output, calibration_pairs(*size))
         report = check_int8_metrics(fp32_path, args.output, calibration_pairs(*size, count=6, seed=1))
-    else:
-        return 0
-    print(f"export: {args.precision} -> {args.output} ({report})")
-    if not report.passed:
-        raise SkyfuseError(f"{args.precision} graph is too far from fp32: {report}")
+    if args.precision != "fp32":
+        print(f"export: {args.precision} -> {args.output} ({report})")
+        if not report.passed:
+            raise SkyfuseError(f"{args.precision} graph is too far from fp32: {report}")
+    print(f"export: {label} {args.precision} done, peak RSS {peak_rss_mib():.0f} MiB")
     return 0

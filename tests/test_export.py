@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import onnx
 import pytest
 import torch
@@ -168,6 +170,7 @@ def test_export_command_writes_verified_fp32_and_fp16_graphs(tmp_path, monkeypat
     assert export.main(fp16_args) == 0
     out = capsys.readouterr().out
     assert "ONNX Runtime vs PyTorch" in out and "fused vs fp32" in out
+    assert re.search(r"export: tiny fp16 done, peak RSS \d+ MiB\n$", out)
     assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m16.onnx").is_file()
 
 
