@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import onnx
 import pytest
 import torch
 from engines_testnet import TinyFusionNet
 from onnx import TensorProto, helper
+from torch import nn
 
 from engines import export
 from engines.export import export_network, verify_export
+from engines.learned import Geometry
 from engines.models import network_geometry, read_metadata
 from engines.onnx_check import opset_range, tensorrt_ops, tensorrt_problems
 from engines.precision import check_fp16_parity, convert_fp16_file
@@ -118,6 +122,47 @@ def test_fp16_parity_catches_a_graph_that_overflows_fp16(tmp_path):
     assert not report.passed
 
 
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_the_check_sizes_change_height_width_and_pixels_and_never_grow_past_the_traced_size(name):
+    from engines.networks import NETWORKS as specs
+
+    m = specs[name].size_multiple
+    (height, width), (h, w) = export.verify_sizes(Geometry(m))
+    assert (height, width) == export.sample_size(Geometry(m))
+    assert h != height and w != width and h * w != height * width
+    assert h % m == 0 and w % m == 0 and h >= m
+    # ONNX Runtime materialises attention scores (tokens²): a larger size, (2H, H+W), took misfit-v past 24 GB
+    assert h * w <= height * width
+
+
+class BakedSizeNet(nn.Module):
+    """Scales the visible frame by a ramp as long as one axis, read as a Python int: the tracer bakes the
+    traced length into the graph, which then fails at any other length of that axis."""
+
+    size_multiple = 4
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, visible: torch.Tensor, thermal: torch.Tensor):
+        length = int(visible.shape[self.axis])
+        shape = [1, 1, 1, 1]
+        shape[self.axis] = length
+        fused = visible * torch.linspace(0.0, 1.0, length).view(shape)
+        return fused, thermal, torch.cat((thermal, thermal), 1) * 0.0
+
+
+@pytest.mark.parametrize("axis", [2, 3], ids=["height", "width"])
+def test_the_check_sizes_catch_a_graph_baked_to_the_traced_height_or_width(axis, tmp_path):
+    network = BakedSizeNet(axis).eval()
+    export_network(network, tmp_path / "baked.onnx", model_name="baked", exporter="torchscript")
+    sizes = export.verify_sizes(network_geometry(network))
+    assert verify_export(network, tmp_path / "baked.onnx", sizes[:1]) <= 1e-6
+    with pytest.raises(SkyfuseError, match="not dynamic"):
+        verify_export(network, tmp_path / "baked.onnx", sizes)
+
+
 def test_export_command_writes_verified_fp32_and_fp16_graphs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
     assert export.main(["--model", "tiny", "--output", str(tmp_path / "m.onnx")]) == 0
@@ -125,6 +170,7 @@ def test_export_command_writes_verified_fp32_and_fp16_graphs(tmp_path, monkeypat
     assert export.main(fp16_args) == 0
     out = capsys.readouterr().out
     assert "ONNX Runtime vs PyTorch" in out and "fused vs fp32" in out
+    assert re.search(r"export: tiny fp16 done, peak RSS \d+ MiB\n$", out)
     assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m16.onnx").is_file()
 
 
@@ -166,10 +212,7 @@ def exported(tmp_path_factory):
             network = load_network(name, overrides=NETWORKS[name])
             path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
             export_network(network, path, model_name=name)
-            geometry = network_geometry(network)
-            height, width = export.sample_size(geometry)
-            sizes = [(height, width)] if geometry.fixed_size else [(height, width), (2 * height, width)]
-            cache[name] = network, path, sizes
+            cache[name] = network, path, export.verify_sizes(network_geometry(network))
         return cache[name]
 
     return get
