@@ -256,6 +256,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-registration", action="store_true",
                         help="export with the network's registration off (frames that arrive registered)")
     parser.add_argument("--output", required=True, help="ONNX file to write")
+    parser.add_argument("--triton-repo", metavar="DIR",
+                        help="also write a Triton model repository: DIR/<model>/1/model.onnx + config.pbtxt")
+    parser.add_argument("--triton-max-batch", type=int, default=8,
+                        help="the repository's max_batch_size (dynamic batching up to it)")
     args = parser.parse_args(argv)
 
     network = load_network(args.model, args.weights)
@@ -286,9 +290,13 @@ def main(argv: list[str]) -> int:
 
         quantize_int8(fp32_path, args.output, calibration_pairs(*size))
         report = check_int8_metrics(fp32_path, args.output, calibration_pairs(*size, count=6, seed=1))
-    else:
-        return 0
-    print(f"export: {args.precision} -> {args.output} ({report})")
-    if not report.passed:
-        raise SkyfuseError(f"{args.precision} graph is too far from fp32: {report}")
+    if args.precision != "fp32":
+        print(f"export: {args.precision} -> {args.output} ({report})")
+        if not report.passed:
+            raise SkyfuseError(f"{args.precision} graph is too far from fp32: {report}")
+    if args.triton_repo:
+        from .triton_repo import write_model_repository
+
+        model = write_model_repository(args.output, args.triton_repo, max_batch_size=args.triton_max_batch)
+        print(f"export: Triton model repository -> {model} (config.pbtxt, 1/model.onnx)")
     return 0
