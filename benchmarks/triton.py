@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
-    print(machine_line())
+    machine = machine_line()
+    print(machine)
     rows = run(size, [int(b) for b in args.batches.split(",")], args.repeats)
     print("| batch | size | onnxruntime here | triton shm: round trip | queue | compute | added "
           "| triton gRPC: round trip | queue | compute | added |")
@@ -110,7 +111,7 @@ def main() -> None:
         print("| " + " | ".join(map(str, cells)) + " |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine_line(), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
