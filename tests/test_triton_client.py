@@ -24,6 +24,7 @@ import grpc  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
+from engines import export  # noqa: E402
 from engines.export import export_network  # noqa: E402
 from engines.learned import Geometry  # noqa: E402
 from engines.models import write_metadata  # noqa: E402
@@ -148,6 +149,18 @@ def test_repository_config_is_a_triton_model_config_with_the_graphs_tensors(tiny
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000
     assert config_geometry(config) == ("tiny", "fp32", Geometry(4, None))
+
+
+def test_export_command_writes_the_repository_of_the_graph_it_exported(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
+    output = tmp_path / "m16.onnx"
+    assert export.main(["--model", "tiny", "--precision", "fp16", "--output", str(output),
+                        "--triton-repo", str(tmp_path / "repo"), "--triton-max-batch", "4"]) == 0
+    model_dir = tmp_path / "repo" / "tiny-fp16"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == output.read_bytes()
+    config = _config(model_dir)
+    assert config.max_batch_size == 4 and config.parameters["skyfuse.precision"].string_value == "fp16"
+    assert f"Triton model repository -> {model_dir}" in capsys.readouterr().out
 
 
 def _identity_graph(path: Path, shape, names=("visible", "thermal")) -> None:
