@@ -138,8 +138,7 @@ class TritonBackend:
     name = "triton"
 
     def __init__(self, url: str = "localhost:8001", model: str = "skyfuse-rt", shared_memory: str = "auto",
-                 timeout_s: float = 60.0, client=None):
-        """`client`: a tritonclient.grpc.InferenceServerClient (made from `url` when not given)."""
+                 timeout_s: float = 60.0):
         if shared_memory not in SHARED_MEMORY:
             raise ValueError(f"shared_memory must be one of {', '.join(SHARED_MEMORY)}, "
                              f"got {shared_memory!r}")
@@ -147,7 +146,7 @@ class TritonBackend:
         from tritonclient.utils import InferenceServerException
 
         self.url, self.model, self.timeout_s = url, model, float(timeout_s)
-        self.client = client or grpcclient.InferenceServerClient(url)
+        self.client = grpcclient.InferenceServerClient(url)
         try:
             if not self.client.is_model_ready(model, client_timeout=self.timeout_s):
                 raise SkyfuseError(f"Triton server at {url} has no ready model {model!r}")
