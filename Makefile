@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-triton lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,14 +12,28 @@ $(BIN)/python:
 # Reinstall when the package metadata changes. torch comes from the `train` extra (pinned CPU wheel).
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,train]'
+	$(BIN)/python -m pip install --quiet -e '.[test,train,triton]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/skyfuse run --config configs/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/test_triton.py
+
+# A real Triton server for the `triton` engine's test: nvidia-pytriton bundles `tritonserver` (Python
+# backend only) and pins numpy<2, so it gets its own environment; ONNX Runtime serves the graph inside it.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+
+$(TRITON_STAMP):
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet nvidia-pytriton==0.7.0 onnxruntime
+	touch $(TRITON_STAMP)
+
+test-triton: $(STAMP) $(TRITON_STAMP)
+	$(BIN)/python -m pytest -q tests/test_triton.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/registration_floor.py --json out/bench/registration_floor.json
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(TRITON_VENV) out

@@ -280,6 +280,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-registration", action="store_true",
                         help="export with the network's registration off (frames that arrive registered)")
     parser.add_argument("--output", required=True, help="ONNX file to write")
+    parser.add_argument("--triton-repo", metavar="DIR",
+                        help="also write a Triton model repository: DIR/<model>/1/model.onnx + config.pbtxt")
+    parser.add_argument("--triton-max-batch", type=int, default=8,
+                        help="the repository's max_batch_size (dynamic batching up to it)")
     args = parser.parse_args(argv)
 
     network = load_network(args.model, args.weights)
@@ -312,5 +316,10 @@ def main(argv: list[str]) -> int:
         print(f"export: {args.precision} -> {args.output} ({report})")
         if not report.passed:
             raise SkyfuseError(f"{args.precision} graph is too far from fp32: {report}")
+    if args.triton_repo:
+        from .triton_repo import write_model_repository
+
+        model = write_model_repository(args.output, args.triton_repo, max_batch_size=args.triton_max_batch)
+        print(f"export: Triton model repository -> {model} (config.pbtxt, 1/model.onnx)")
     print(f"export: {label} {args.precision} done, peak RSS {peak_rss_mib():.0f} MiB")
     return 0

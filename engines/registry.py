@@ -17,6 +17,7 @@ ENGINES: dict[str, str] = {
     "torch": "engines.torch_backend:create_torch_engine",
     "torch-cuda": "engines.torch_cuda:create_torch_cuda_engine",
     "tensorrt": "engines.tensorrt_runtime:create_tensorrt_engine",
+    "triton": "engines.triton_backend:create_triton_engine",
     "auto": "engines.auto:create_auto_engine",
 }
 
