@@ -220,12 +220,13 @@ def main(argv: list[str]) -> int:
     stop = stop_on_signals()
     if channel:
         channel.status("opening the source")
+    keys = link_keys(args.keys, SENDER, endpoints=(args.output,), insecure=args.insecure)
     source = open_source(args.source, args.stream, fps=args.fps, frames=args.frames,
                          open_timeout=args.open_timeout, stall_timeout=args.stall_timeout)
     lossless = args.mode == "lossless"
     pace = (args.pace or ("max" if lossless else "native")) == "native"
     output = Sender(args.output, policy=BLOCK if lossless else DROP_NEWEST, stamp="capture_sent", stop=stop,
-                    keys=link_keys(args.keys, SENDER))
+                    keys=keys)
     stage = CaptureStage(source, output, pace=pace, epoch_ns=args.epoch_ns)
     try:
         if channel:

@@ -256,6 +256,8 @@ class FuseStage:
         summary["engine"] = self.engine.describe()
         summary["pairing"] = dict(link.pairer.counts)
         summary["batching"] = self.scheduler.stats.get(link.name, StreamStats()).summary()
+        summary["received"] = {"visible": link.visible.received, "thermal": link.thermal.received}
+        summary["rejected_peers"] = link.visible.rejected + link.thermal.rejected
         summary["queue_policy"] = {"visible_in": link.visible.policy, "thermal_in": link.thermal.policy,
                                    "engine": BLOCK if self.lossless else DROP_OLDEST,
                                    "output": link.output.policy}
@@ -374,7 +376,8 @@ def main(argv: list[str]) -> int:
     lossless = args.mode == "lossless"
     size = parse_size(args.size) if args.size else None
     warm_up = parse_warm_up(args.warm_up) if args.warm_up else None
-    keys = link_keys(args.keys, RECEIVER, SENDER)
+    endpoints = (*args.visible_in, *args.thermal_in, *args.output)
+    keys = link_keys(args.keys, RECEIVER, SENDER, endpoints=endpoints, insecure=args.insecure)
     if channel:
         channel.status(f"building engine {args.engine}")
     engine = create_engine(args.engine, **parse_options(args.engine_options, "--engine-options"))

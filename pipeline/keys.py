@@ -12,6 +12,7 @@ needs the whole folder. Start every stage of a deployment with the same `--keys 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +82,47 @@ def load_keys(folder: str | Path) -> LinkKeys:
     return LinkKeys(folder, receiver_public, receiver_secret, sender_public, sender_secret)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1", "lo")
+
+
 def add_keys_argument(parser) -> None:
     parser.add_argument("--keys", metavar="DIR", help="link keys folder from `skyfuse keys`: encrypt this "
                                                       "stage's links and admit only the deployment's senders")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow plain tcp links off the loopback address (anyone on the network can then "
+                             "read them and inject frames)")
 
 
-def link_keys(folder: str | None, *roles: str) -> LinkKeys | None:
-    """The keys in `folder` (checked to hold the secrets of `roles`), or None without a folder."""
+def off_loopback(endpoint: str) -> bool:
+    """Whether `endpoint` is a tcp address other machines can reach (ipc and loopback tcp cannot)."""
+    scheme, _, address = endpoint.partition("://")
+    if scheme != "tcp":
+        return False
+    host = address.rpartition(":")[0]
+    if ";" in host:  # tcp://source;destination: the destination is what is reached
+        host = host.partition(";")[2]
+    return host not in LOOPBACK_HOSTS and not host.startswith("127.")
+
+
+def require_secure_links(endpoints: list[str], keys_folder: str | None, insecure: bool) -> None:
+    """Refuse plain tcp off the loopback address: a stage that binds or connects where other machines can
+    reach it needs link keys, unless the user says --insecure (then it warns)."""
+    exposed = [endpoint for endpoint in endpoints if off_loopback(endpoint)]
+    if not exposed or keys_folder:
+        return
+    if not insecure:
+        raise SkyfuseError(f"{exposed[0]} is reachable from other machines: give --keys DIR (made by "
+                           "`skyfuse keys DIR`) to encrypt and authenticate the link, or --insecure to use "
+                           "a plain link anyway")
+    print(f"warning: plain tcp link on {', '.join(exposed)} (--insecure): anyone on the network can read it "
+          "and inject frames", file=sys.stderr, flush=True)
+
+
+def link_keys(folder: str | None, *roles: str, endpoints: tuple[str, ...] = (),
+              insecure: bool = False) -> LinkKeys | None:
+    """The keys in `folder` (checked to hold the secrets of `roles`), or None without a folder; first
+    refuses plain tcp `endpoints` off the loopback address unless `insecure` (require_secure_links)."""
+    require_secure_links(list(endpoints), folder, insecure)
     return load_keys(folder).require(*roles) if folder else None
 
 

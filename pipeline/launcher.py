@@ -232,9 +232,35 @@ class Launcher:
                 continue
         report["stages"] = {**captures, **report["stages"]}  # captures first, the sink's copies win
         report["startup"] = self.startup
+        report["transit"] = self._transit(report["stages"])
+        for hop, counts in report["transit"].items():
+            if counts.get("lost"):
+                report["drops"][f"transit:{hop}"] = counts["lost"]
+                report["drops_total"] += counts["lost"]
         partial = stats_path.with_name(stats_path.name + ".partial")
         partial.write_text(json.dumps(report, indent=2) + "\n")
         partial.replace(stats_path)
+
+    def _transit(self, stages: dict) -> dict:
+        """Frames sent on each hop of the recorded path against those received at its other end: frames
+        that were in flight when a stage died are counted nowhere else. A hop whose receiver left no
+        statistics (killed) says so. (The thermal capture runs on after the fuse stage has stopped reading,
+        so its hop is not reconciled.)"""
+        transit = {}
+        fuse_received = stages.get("fuse", {}).get("received")
+        for sender, receiver, received in (
+                ("capture.visible", "fuse", fuse_received["visible"] if fuse_received else None),
+                ("fuse", "sink", stages.get("sink", {}).get("received"))):
+            sent, hop = stages.get(sender, {}).get("frames"), f"{sender}->{receiver}"
+            if sent is None:
+                continue
+            if received is None:
+                stage = next((s for s in self.stages if s.name == receiver), None)
+                why = f"no statistics from {receiver} ({stage.exit_reason() if stage else 'not run'})"
+                transit[hop] = {"sent": sent, "received": None, "why": why}
+            else:
+                transit[hop] = {"sent": sent, "received": received, "lost": max(0, sent - received)}
+        return transit
 
     def _calibration(self) -> str | None:
         """The rig file to use: the given one, else the synthetic flight's known mapping."""

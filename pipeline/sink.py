@@ -218,7 +218,8 @@ class SinkStage:
     def summary(self) -> dict:
         summary = self.stats.summary()
         summary["drops"] = self._own_drops()
-        summary.update(resized=self.resized, time_resyncs=self.time_resyncs,
+        summary.update(received=self.port.received, rejected_peers=self.port.rejected,
+                       resized=self.resized, time_resyncs=self.time_resyncs,
                        queue_policy={"input": self.port.policy, "encoder": self.encoder_policy})
         return summary
 
@@ -289,7 +290,7 @@ def main(argv: list[str]) -> int:
     lossless = args.mode == "lossless"
     port = Receiver(args.input, stream="fused", policy=BLOCK if lossless else DROP_OLDEST, stamp="sink_in",
                     queue_size=4, size=recording[0] if recording else None,
-                    keys=link_keys(args.keys, RECEIVER))
+                    keys=link_keys(args.keys, RECEIVER, endpoints=(args.input,), insecure=args.insecure))
     try:
         stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,
                           hud=not args.no_hud, pip=not args.no_pip, colormap=args.colormap,

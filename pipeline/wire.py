@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .errors import SkyfuseError
 from .frame import (
@@ -53,6 +54,7 @@ from .frame import (
     pixel_format_of,
 )
 from .keys import RECEIVER, SENDER, LinkKeys
+from .stage import log
 
 if TYPE_CHECKING:
     from .stage import StopFlag
@@ -201,6 +203,29 @@ def _decode_image(spec, buffer: memoryview) -> tuple[str, np.ndarray]:
     return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
+REJECTION_EVENTS_NAMED = {zmq.EVENT_HANDSHAKE_FAILED_AUTH: "authentication",
+                          zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
+                          zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake"}
+REJECTION_EVENTS = sum(REJECTION_EVENTS_NAMED)
+
+
+class RateLimitedLog:
+    """Log lines about one recurring event: the first at once, then a count at most every `interval_s`,
+    so a peer that retries every few milliseconds cannot flood the log."""
+
+    def __init__(self, where: str, interval_s: float = 10.0):
+        self.where, self.interval_s = where, interval_s
+        self.unlogged, self.next_line = 0, 0.0
+
+    def note(self, message: str) -> None:
+        self.unlogged += 1
+        now = time.monotonic()
+        if now >= self.next_line:
+            more = f" ({self.unlogged} times since the last line)" if self.unlogged > 1 else ""
+            log("wire", f"{self.where}: {message}{more}")
+            self.unlogged, self.next_line = 0, now + self.interval_s
+
+
 _authenticator = None  # this process's ZAP handler, started by the first receiver with link keys
 
 
@@ -347,11 +372,16 @@ class Receiver:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_part)  # per part: libzmq drops the peer, allocates nothing
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a sender that reconnects keeps its routing id
+        self.received = 0  # valid frames taken off the wire (what `skyfuse run` reconciles with `sent`)
+        self.rejected = 0  # peers refused at the handshake (no or wrong keys): counted and logged
+        self._rejection_log = RateLimitedLog(f"input {endpoint}")
+        self._monitor = None
         if keys is not None:  # CURVE server: encrypted, and only the key folder's senders get in
             _admit_senders_of(keys)
             self.socket.curve_server = True
             self.socket.curve_secretkey = secret
             self.socket.curve_publickey = keys.receiver_public
+            self._monitor = self.socket.get_monitor_socket(REJECTION_EVENTS)
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -364,6 +394,7 @@ class Receiver:
 
     def recv(self, timeout_ms: int) -> Frame | EndOfStream | None:
         """The next message, or None if nothing valid arrived within `timeout_ms`."""
+        self._note_rejections()
         if not self.queue:
             if not self.socket.poll(timeout_ms, zmq.POLLIN):
                 return None
@@ -389,6 +420,7 @@ class Receiver:
             return
         if isinstance(message, Frame):
             self.senders.add(peer.bytes)
+            self.received += 1
             message.stamp(self.stamp)
         elif self.senders and peer.bytes not in self.senders:
             self.drops["invalid:eos_from_stranger"] += 1
@@ -403,5 +435,18 @@ class Receiver:
                 self.queue.remove(oldest_frame)
                 self.drops["queue_full_drop_oldest"] += 1
 
+    def _note_rejections(self) -> None:
+        """Count the handshakes libzmq refused since the last call (a plain sender, an unknown key, a
+        sender that expects another receiver key), and log them without flooding the log."""
+        while self._monitor is not None and self._monitor.poll(0, zmq.POLLIN):
+            event = recv_monitor_message(self._monitor)
+            self.rejected += 1
+            failed = REJECTION_EVENTS_NAMED.get(event["event"], "handshake")
+            self._rejection_log.note(f"refused a peer ({failed} failed): it has no or other link keys")
+
     def close(self) -> None:
+        if self._monitor is not None:
+            self._note_rejections()
+            self.socket.disable_monitor()
+            self._monitor.close()
         self.socket.close()

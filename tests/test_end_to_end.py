@@ -42,6 +42,10 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def command_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
 def alive(pid: int) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -71,7 +75,30 @@ def test_lossless_run_records_every_frame_at_the_source_rate(tmp_path):
     assert stats["stages"]["capture.visible"]["frames"] == 90
     assert stats["stages"]["capture.thermal"]["frames"] >= 27  # 3 s at 9 Hz; it runs until the run ends
     assert stats["stages"]["sink"]["latency"]["end_to_end"]["count"] == 90
+    assert stats["transit"] == {"capture.visible->fuse": {"sent": 90, "received": 90, "lost": 0},
+                                "fuse->sink": {"sent": 90, "received": 90, "lost": 0}}
     assert "recorded 90 frames" in result.stdout and "capture.thermal" in result.stdout
+
+
+def test_frames_lost_with_a_killed_stage_are_reconciled_in_the_statistics(tmp_path):
+    output = tmp_path / "fused.mp4"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
+                                "--thermal", f"synthetic:{SMALL}", "--frames", "600", "--mode", "lossless",
+                                "--pace", "native", "--output", str(output)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    sidecar = output.with_name("fused.mp4.frames.jsonl")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(read_sidecar(sidecar) if sidecar.exists() else []) < 30:
+        time.sleep(0.1)
+    fuse = next(pid for pid in children_of(process.pid) if "fuse" in command_of(pid).split())
+    os.kill(fuse, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "stage fuse killed by SIGKILL" in stderr
+    stats = stats_of(output)
+    assert not stats["complete"]
+    hop = stats["transit"]["capture.visible->fuse"]
+    assert hop["received"] is None and "no statistics from fuse (killed by SIGKILL)" in hop["why"]
+    assert hop["sent"] > stats["frames_recorded"] >= 30
 
 
 def test_live_mode_with_a_slow_engine_keeps_latency_flat_and_counts_drops(tmp_path):
@@ -260,6 +287,19 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(tmp_path, args, mess
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("skyfuse run: error:"), result.stderr
     assert message in lines[0]
+
+
+@pytest.mark.parametrize("stage, args", [
+    ("sink", ["--input", "tcp://*:0", "--output", "{tmp}/fused.mp4"]),
+    ("fuse", ["--visible-in", "tcp://0.0.0.0:0", "--thermal-in", "ipc://{tmp}/t", "--output", "ipc://{tmp}/s"]),
+    ("capture", ["--source", "synthetic", "--stream", "visible", "--output", "tcp://ground.example:5550"]),
+])
+def test_a_stage_on_a_network_address_refuses_plain_tcp_unless_told(tmp_path, stage, args):
+    result = skyfuse(stage, *[a.format(tmp=tmp_path) for a in args], timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"skyfuse {stage}: error:"), result.stderr
+    assert "--keys DIR" in lines[0] and "--insecure" in lines[0]
     assert not (tmp_path / "out.mp4").exists()
 
 

@@ -11,7 +11,7 @@ import zmq
 
 from pipeline.errors import SkyfuseError
 from pipeline.frame import EndOfStream, Frame
-from pipeline.keys import LinkKeys, create_keys, load_keys
+from pipeline.keys import SENDER, LinkKeys, create_keys, link_keys, load_keys
 from pipeline.wire import (
     ACK,
     BLOCK,
@@ -312,7 +312,7 @@ def test_a_keyed_link_carries_frames_encrypted(keyed_tcp):
     assert np.array_equal(message.image, make_frame().image)
 
 
-def test_a_keyed_receiver_admits_no_sender_without_the_deployments_key(keyed_tcp, tmp_path):
+def test_a_keyed_receiver_admits_no_sender_without_the_deployments_key(keyed_tcp, tmp_path, capsys):
     keys, receiver, address = keyed_tcp
     other = load_keys(create_keys(tmp_path / "other"))
     # An intruder who knows the receiver's public key but holds another sender key, and a plain sender.
@@ -322,9 +322,31 @@ def test_a_keyed_receiver_admits_no_sender_without_the_deployments_key(keyed_tcp
         for sender in senders:
             sender.send(make_frame(seq=9))
         assert receiver.recv(1500) is None
+        deadline = time.monotonic() + 5
+        while receiver.rejected < 2 and time.monotonic() < deadline:
+            receiver.recv(100)
+        # Both were refused at the handshake, counted, and logged once for the first of them.
+        assert receiver.rejected >= 2
+        assert "refused a peer" in capsys.readouterr().err
     finally:
         for sender in senders:
             sender.close()
+
+
+@pytest.mark.parametrize("endpoint, exposed", [
+    ("tcp://*:5550", True), ("tcp://0.0.0.0:5550", True), ("tcp://ground:5550", True),
+    ("tcp://192.168.1.20:5550", True), ("tcp://eth0:5550", True), ("tcp://127.0.0.1:5550", False),
+    ("tcp://localhost:5550", False), ("tcp://[::1]:5550", False), ("ipc:///tmp/visible", False)])
+def test_plain_tcp_off_the_loopback_address_needs_keys_or_insecure(endpoint, exposed, tmp_path, capsys):
+    if not exposed:
+        assert link_keys(None, SENDER, endpoints=(endpoint,)) is None
+        return
+    with pytest.raises(SkyfuseError, match="--keys DIR.*or --insecure"):
+        link_keys(None, SENDER, endpoints=(endpoint,))
+    assert link_keys(None, SENDER, endpoints=(endpoint,), insecure=True) is None
+    assert "plain tcp link" in capsys.readouterr().err
+    keys = create_keys(tmp_path / "keys")
+    assert link_keys(str(keys), SENDER, endpoints=(endpoint,)) is not None
 
 
 def test_link_keys_errors_name_the_missing_piece(tmp_path):
