@@ -98,7 +98,7 @@ class EndOfStream:
 MAX_INT = 2**63 - 1  # int64: every integer on the wire (ns, sequence numbers, counters)
 MIN_FPS, MAX_FPS = 0.01, 1000.0  # below MIN_FPS a recording's rate would round to zero
 MIN_IMAGE_SIDE = 16  # the smallest frame an engine, the pre-warp and a 1/4 thumbnail still handle
-MAX_TEXT = 200  # characters of a text field (engine description, link name, reason)
+MAX_TEXT = 1000  # characters of a text field (engine description with auto's reasons, link, reason)
 MAX_TIME_STEP_S = 2.0  # a capture time further ahead of the stream's last one is a jump
 RESYNC_FRAMES = 5  # consecutive frames that agree on a new time base, size or format make it the stream's
 

@@ -372,7 +372,8 @@ class Receiver:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_part)  # per part: libzmq drops the peer, allocates nothing
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a sender that reconnects keeps its routing id
-        self.received = 0  # valid frames taken off the wire (what `skyfuse run` reconciles with `sent`)
+        self.received = 0  # messages taken off the wire but ends of stream (`skyfuse run` reconciles them
+        # with what the sender sent)
         self.rejected = 0  # peers refused at the handshake (no or wrong keys): counted and logged
         self._rejection_log = RateLimitedLog(f"input {endpoint}")
         self._monitor = None
@@ -416,6 +417,7 @@ class Receiver:
         except (WireError, ProtocolError) as exc:
             kind = "malformed" if isinstance(exc, WireError) else "invalid"
             self.drops[f"{kind}:{exc.reason}"] += 1
+            self.received += 1  # it arrived: its loss is counted under its reason, not in transit
             self.last_error = str(exc)
             return
         if isinstance(message, Frame):

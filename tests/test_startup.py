@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from test_end_to_end import SMALL, skyfuse, stats_of
 
 from pipeline.recorder import read_video
 
 SLOW_START = "engines_for_tests:SlowStartEngine"
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def test_lossless_run_with_a_slow_starting_engine_records_every_frame(tmp_path):
@@ -64,3 +66,14 @@ def test_a_stage_that_never_becomes_ready_fails_with_its_reason_within_the_time_
     assert "not ready within 4 s" in result.stderr
     assert "fuse (still building engine engines_for_tests:SlowStartEngine)" in result.stderr
     assert elapsed < 30
+
+
+def test_the_demo_configuration_records_every_frame_with_the_shipped_network(tmp_path):
+    """What `make demo` runs (engine auto: the shipped skyfuse-rt on ONNX Runtime here), lossless."""
+    output = tmp_path / "fused.mp4"
+    result = skyfuse("run", "--config", str(DEMO), "--frames", "30", "--mode", "lossless",
+                     "--output", str(output), "--stats", str(tmp_path / "stats.json"))
+    assert result.returncode == 0, result.stderr
+    stats = stats_of(output)
+    assert stats["frames_recorded"] == 30 and stats["drops_total"] == 0, stats["drops"]
+    assert read_video(output).frames == 30
