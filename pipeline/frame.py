@@ -293,27 +293,36 @@ class StreamCheck:
 
 class Timeline:
     """A stream's capture times: each frame must come after the last one and at most `max_step_s` (or four
-    frame periods, if longer) later. A frame outside that is refused as `out_of_order` or `time_jump`,
-    unless it is the RESYNC_FRAMES-th in a row that agree with each other: then the stream's clock really
-    moved (a restarted camera, a stepped clock) and the timeline follows it (`resync`)."""
+    frame periods, if longer) later — or later by no more than the time that passed here since the last
+    one arrived (plus that step): a silence, such as a camera that lost its signal, stays a gap. A frame
+    outside that is refused as `out_of_order` or `time_jump`, unless it is the RESYNC_FRAMES-th in a row
+    that agree with each other: then the stream's clock really moved (a restarted camera, a stepped clock)
+    and the timeline follows it (`resync`)."""
 
     def __init__(self, max_step_s: float = MAX_TIME_STEP_S):
         self.max_step_s = max_step_s
         self.last_ns: int | None = None
+        self.last_arrival_ns: int | None = None  # local monotonic time the last admitted frame arrived
         self._resync = _Resync()
 
-    def admit(self, time_ns: int, fps: float | None = None) -> str:
-        """`ok`, `resync` (accepted on a new time base), `out_of_order` or `time_jump` (refused)."""
+    def admit(self, time_ns: int, fps: float | None = None, arrival_ns: int | None = None) -> str:
+        """`ok`, `resync` (accepted on a new time base), `out_of_order` or `time_jump` (refused);
+        `arrival_ns`: when the frame arrived here (local monotonic clock; default now)."""
         max_step_ns = int(max(self.max_step_s, 4 / fps if fps else 0) * 1e9)
+        arrival_ns = time.monotonic_ns() if arrival_ns is None else arrival_ns
 
         def follows(previous) -> bool:
             return previous is not None and 0 < time_ns - previous <= max_step_ns
 
-        if self.last_ns is None or follows(self.last_ns):
-            self.last_ns = time_ns
+        def after_a_silence() -> bool:
+            waited_ns = arrival_ns - self.last_arrival_ns
+            return time_ns > self.last_ns and time_ns - self.last_ns <= waited_ns + max_step_ns
+
+        if self.last_ns is None or follows(self.last_ns) or after_a_silence():
+            self.last_ns, self.last_arrival_ns = time_ns, arrival_ns
             self._resync.reset()
             return "ok"
         if self._resync.outlier(follows, time_ns):
-            self.last_ns = time_ns
+            self.last_ns, self.last_arrival_ns = time_ns, arrival_ns
             return "resync"
         return "out_of_order" if time_ns <= self.last_ns else "time_jump"

@@ -96,6 +96,21 @@ def draw_hud(image: np.ndarray, lines: Sequence[str] | HudInfo) -> np.ndarray:
     return image
 
 
+def draw_no_signal(image: np.ndarray, silent_s: float) -> np.ndarray:
+    """A banner across the middle of the last frame a viewer saw: no frame has come for `silent_s`, so the
+    picture is frozen, not live. Changes `image` in place and returns it."""
+    height = image.shape[0]
+    layout = _layout(height)
+    band = slice(height // 2 - layout.line_height, height // 2 + layout.line_height)
+    np.right_shift(image[band], 2, out=image[band])
+    text = f"NO SIGNAL for {silent_s:.0f} s"
+    (text_w, _), _ = cv2.getTextSize(text, FONT, layout.scale * 1.5, layout.thickness)
+    origin = (max(0, (image.shape[1] - text_w) // 2), height // 2 + layout.line_height // 2)
+    colour = (80, 80, 255) if image.ndim == 3 else 255  # red: not the white of the live HUD
+    cv2.putText(image, text, origin, FONT, layout.scale * 1.5, colour, layout.thickness, cv2.LINE_AA)
+    return image
+
+
 def to_gray8(image: np.ndarray) -> np.ndarray:
     """uint8 gray from gray8, gray16 (stretched min..max) or BGR."""
     if image.ndim == 3:

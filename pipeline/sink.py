@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import SkyfuseError
 from .frame import MAX_FPS, MIN_FPS, EndOfStream, Frame, Timeline, wall_ns
-from .hud import HudInfo, draw_hud, picture_in_picture, thermal_colormap
+from .hud import HudInfo, draw_hud, draw_no_signal, picture_in_picture, thermal_colormap
 from .keys import RECEIVER, add_keys_argument, link_keys
 from .liveview import LiveView, access_token
 from .recorder import ENCODERS, Recorder, RecorderConfig, Sidecar
@@ -47,6 +47,8 @@ from .stage import (
 )
 from .stats import StageStats
 from .wire import BLOCK, DROP_NEWEST, DROP_OLDEST, Receiver, close_transport
+
+NO_SIGNAL_S = 1.0  # seconds without a frame after which the live view says its picture is frozen
 
 # Latency of each hop, from the stamps a frame collects on its way: (name, from stamp, to stamp).
 HOPS = (("capture_to_fuse", "capture", "fuse_in"), ("wait_in_fuse", "fuse_in", "engine_start"),
@@ -82,6 +84,8 @@ class SinkStage:
         self.progress_s, self.next_progress = progress_s, time.monotonic() + progress_s
         self.ended = False
         self.resize_logged = False
+        self.last_shown: np.ndarray | None = None  # the live view's last picture, for "no signal"
+        self.next_no_signal = 0.0
 
     def run(self, stop) -> dict:
         """Record until end-of-stream or `stop`; the recording is finalised in every case."""
@@ -96,6 +100,7 @@ class SinkStage:
                 elif message is not None:
                     self._record(message)
                 self._report_progress()
+                self._show_no_signal()
         finally:
             self._finish()
         return self.summary()
@@ -155,6 +160,19 @@ class SinkStage:
                                 "drops": self._total_drops()})
         if self.live_view:
             self.live_view.publish(image, self._live_stats(latencies))
+            self.last_shown = image
+
+    def _show_no_signal(self) -> None:
+        """While no frame arrives, show the live view's viewers the last picture marked as frozen, once a
+        second: the recording keeps the gap (nothing is written), the viewer is not misled."""
+        if self.live_view is None or self.last_shown is None or not self.recent:
+            return
+        silent_s = time.monotonic() - self.recent[-1]
+        if silent_s < NO_SIGNAL_S or time.monotonic() < self.next_no_signal:
+            return
+        self.next_no_signal = time.monotonic() + 1.0
+        self.live_view.publish(draw_no_signal(self.last_shown.copy(), silent_s),
+                               {**self._live_stats({}), "no_signal_s": round(silent_s, 1)})
 
     def _compose(self, frame: Frame) -> np.ndarray:
         image = np.array(frame.image)  # the received buffer is read-only
@@ -221,6 +239,8 @@ class SinkStage:
         summary.update(received=self.port.received, rejected_peers=self.port.rejected,
                        resized=self.resized, time_resyncs=self.time_resyncs,
                        queue_policy={"input": self.port.policy, "encoder": self.encoder_policy})
+        if self.live_view:
+            summary["live_view"] = self.live_view.stats()
         return summary
 
     def incomplete(self) -> str | None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,39 @@ def test_the_fuse_stage_drops_and_counts_hostile_input_and_fuses_every_good_pair
     assert eos.meta["stats"]["fuse"]["drops"] == {
         "invalid:format": 2, "invalid:size": 1, "invalid:size_changed": 1, "malformed:bad_header": 2,
         "invalid:eos_from_stranger": 1, "thermal_time_jump": 2, "invalid:meta.fps": 1}
+
+
+def test_the_live_view_says_no_signal_when_frames_stop_and_the_recording_keeps_the_gap(tmp_path):
+    endpoint, output = f"ipc://{tmp_path}/sink", tmp_path / "fused.mp4"
+    sink = stage("sink", "--input", endpoint, "--output", str(output), "--stats",
+                 str(tmp_path / "stats.json"), "--live-view", "0", "--progress", "0", "--mode", "lossless")
+    sender = dealer(endpoint)
+    try:
+        for i in range(5):
+            sender.send_multipart(parts(fused(i)))
+        started = time.monotonic()
+        url = None
+        while url is None:  # the sink logs its live view's address first
+            line = sink.stderr.readline()
+            assert line, "the sink ended without a live view"
+            url = line.split("live view on ")[1].strip() if "live view on " in line else None
+        stats: dict = {}
+
+        def silent_for_a_second() -> bool:
+            stats.update(json.loads(urllib.request.urlopen(url + "stats.json", timeout=5).read()))
+            return stats.get("no_signal_s", 0) >= 1
+
+        wait_for(silent_for_a_second, timeout_s=30)
+        assert stats["frames"] == 5
+        silence_s = time.monotonic() - started
+        # The next frame is dated as long after the last as the silence lasted: a gap, not a forged date.
+        after = BASE_NS + 4 * PERIOD_NS + int(silence_s * 1e9)
+        sender.send_multipart(parts(frame("fused", 5, COLOUR, t_ns=after)))
+        sender.send_multipart(parts(EndOfStream("fused", {"stats": {}, "complete": True})))
+        assert sink.wait(60) == 0
+    finally:
+        sender.close(0)
+        if sink.poll() is None:
+            sink.kill()
+    times = read_video(output).times_s
+    assert len(times) == 6 and times[-1] - times[-2] > 1, "the silence is a gap in the recording"

@@ -169,3 +169,17 @@ def test_a_stalled_visible_camera_leaves_the_thermal_buffer_bounded():
     assert pairer.thermal_full and pairer.drops == {"thermal_buffer_full": 92}
     pairer.add_visible(frame("visible", 0, 99 / 30, 30))
     assert [p.thermal.seq for p in pairer.pop_ready()] == [99]
+
+
+def test_a_timeline_takes_a_silence_as_a_gap_but_refuses_a_date_no_time_explains():
+    from pipeline.frame import Timeline
+
+    period, second = 33_333_333, 1_000_000_000
+    timeline = Timeline()
+    for i in range(3):
+        assert timeline.admit(i * period, 30.0, arrival_ns=i * period) == "ok"
+    # Ten seconds later by its date, arriving at once: forged (or a clock step) -> refused.
+    assert timeline.admit(2 * period + 10 * second, 30.0, arrival_ns=3 * period) == "time_jump"
+    # Ten seconds later by its date, after ten seconds of silence here: a lost signal -> a gap.
+    assert timeline.admit(2 * period + 10 * second, 30.0, arrival_ns=2 * period + 10 * second) == "ok"
+    assert timeline.admit(2 * period, 30.0, arrival_ns=2 * period + 11 * second) == "out_of_order"
