@@ -138,6 +138,7 @@ def fuzz_sink(workdir: Path, messages: int, good_every: int) -> dict:
             "exit_code": code, "traceback": "Traceback" in sink.stderr.read(),
             "counted_drops": sum(stats["drops"].values()), "recorded": stats["frames_recorded"],
             "still_valid_mutations": stats["frames_recorded"] - good, "oversized": None,
+            "peers_dropped": stats["stages"]["sink"].get("peers_dropped"),
             "playable_frames": frames,
             "peak_rss_mib": round(peak, 1), "seconds": round(time.monotonic() - started, 1)}
 
@@ -179,7 +180,8 @@ def fuzz_fuse(workdir: Path, messages: int, good_every: int) -> dict:
     return {"stage": "fuse", "messages": messages, "hostile": messages - 2 * good, "valid": good,
             "exit_code": code, "traceback": "Traceback" in fuse.stderr.read(),
             "counted_drops": sum(summary.get("drops", {}).values()), "recorded": fused,
-            "still_valid_mutations": fused - good + unused, "oversized": oversized, "playable_frames": None,
+            "still_valid_mutations": fused - good + unused, "oversized": oversized,
+            "peers_dropped": summary.get("peers_dropped"), "playable_frames": None,
             "peak_rss_mib": round(peak, 1), "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -241,13 +243,13 @@ def main() -> int:
         kills = kill_each_stage(workdir)
     print(f"\n{machine}")
     print(f"{'stage':<7}{'messages':>10}{'hostile':>9}{'counted':>9}{'still valid':>12}{'oversized':>10}"
-          f"{'valid':>7}{'kept':>6}{'plays':>7}{'exit':>6}{'peak RSS MiB':>14}{'s':>7}")
+          f"{'peers dropped':>14}{'valid':>7}{'kept':>6}{'plays':>7}{'exit':>6}{'peak RSS MiB':>14}{'s':>7}")
     for r in fuzz:
         plays = "-" if r["playable_frames"] is None else r["playable_frames"]
         oversized = "-" if r["oversized"] is None else r["oversized"]
         print(f"{r['stage']:<7}{r['messages']:>10}{r['hostile']:>9}{r['counted_drops']:>9}"
-              f"{r['still_valid_mutations']:>12}{oversized:>10}{r['valid']:>7}{r['recorded']:>6}{plays:>7}"
-              f"{r['exit_code']:>6}{r['peak_rss_mib']:>14.1f}{r['seconds']:>7}")
+              f"{r['still_valid_mutations']:>12}{oversized:>10}{r['peers_dropped']!s:>14}{r['valid']:>7}"
+              f"{r['recorded']:>6}{plays:>7}{r['exit_code']:>6}{r['peak_rss_mib']:>14.1f}{r['seconds']:>7}")
     print(f"\n{'killed':<18}{'exit':>6}{'stopped after s':>17}{'recording frames':>18}  left running")
     for r in kills:
         print(f"{r['killed']:<18}{r['exit_code']:>6}{r['stopped_after_s']:>17}{str(r['recording_frames']):>18}"

@@ -258,6 +258,7 @@ class FuseStage:
         summary["batching"] = self.scheduler.stats.get(link.name, StreamStats()).summary()
         summary["received"] = {"visible": link.visible.received, "thermal": link.thermal.received}
         summary["rejected_peers"] = link.visible.rejected + link.thermal.rejected
+        summary["peers_dropped"] = link.visible.peers_dropped + link.thermal.peers_dropped
         summary["queue_policy"] = {"visible_in": link.visible.policy, "thermal_in": link.thermal.policy,
                                    "engine": BLOCK if self.lossless else DROP_OLDEST,
                                    "output": link.output.policy}

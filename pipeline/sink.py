@@ -237,6 +237,7 @@ class SinkStage:
         summary = self.stats.summary()
         summary["drops"] = self._own_drops()
         summary.update(received=self.port.received, rejected_peers=self.port.rejected,
+                       peers_dropped=self.port.peers_dropped,
                        resized=self.resized, time_resyncs=self.time_resyncs,
                        queue_policy={"input": self.port.policy, "encoder": self.encoder_policy})
         if self.live_view:

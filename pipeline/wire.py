@@ -375,14 +375,15 @@ class Receiver:
         self.received = 0  # messages taken off the wire but ends of stream (`skyfuse run` reconciles them
         # with what the sender sent)
         self.rejected = 0  # peers refused at the handshake (no or wrong keys): counted and logged
-        self._rejection_log = RateLimitedLog(f"input {endpoint}")
-        self._monitor = None
+        self.peers_dropped = 0  # connections lost before the end of the stream (a part over the limit)
+        self._peer_log = RateLimitedLog(f"input {endpoint}")
+        self._ended = False
         if keys is not None:  # CURVE server: encrypted, and only the key folder's senders get in
             _admit_senders_of(keys)
             self.socket.curve_server = True
             self.socket.curve_secretkey = secret
             self.socket.curve_publickey = keys.receiver_public
-            self._monitor = self.socket.get_monitor_socket(REJECTION_EVENTS)
+        self._monitor = self.socket.get_monitor_socket(REJECTION_EVENTS | zmq.EVENT_DISCONNECTED)
         try:
             self.socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -395,7 +396,7 @@ class Receiver:
 
     def recv(self, timeout_ms: int) -> Frame | EndOfStream | None:
         """The next message, or None if nothing valid arrived within `timeout_ms`."""
-        self._note_rejections()
+        self._note_peers()
         if not self.queue:
             if not self.socket.poll(timeout_ms, zmq.POLLIN):
                 return None
@@ -430,6 +431,7 @@ class Receiver:
             return
         else:
             self.socket.send_multipart([peer.bytes, ACK], flags=zmq.NOBLOCK)
+            self._ended = True
         self.queue.append(message)
         if self.policy == DROP_OLDEST and len(self.queue) > self.queue_size:
             oldest_frame = next((m for m in self.queue if isinstance(m, Frame)), None)
@@ -437,18 +439,26 @@ class Receiver:
                 self.queue.remove(oldest_frame)
                 self.drops["queue_full_drop_oldest"] += 1
 
-    def _note_rejections(self) -> None:
-        """Count the handshakes libzmq refused since the last call (a plain sender, an unknown key, a
-        sender that expects another receiver key), and log them without flooding the log."""
-        while self._monitor is not None and self._monitor.poll(0, zmq.POLLIN):
-            event = recv_monitor_message(self._monitor)
+    def _note_peers(self) -> None:
+        """Count what libzmq did to peers since the last call, and log it without flooding the log: a
+        refused handshake (a plain sender, an unknown key, a sender that expects another receiver key),
+        and a connection dropped before the end of the stream — libzmq drops a peer whose message part is
+        over the limit, before allocating it, so that message (and what was queued behind it on that
+        connection) never arrives to be counted one by one."""
+        while self._monitor.poll(0, zmq.POLLIN):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                if not self._ended:
+                    self.peers_dropped += 1
+                    self._peer_log.note("lost a peer's connection before the end of the stream (a message "
+                                        "part over the size limit, or the peer went away)")
+                continue
             self.rejected += 1
-            failed = REJECTION_EVENTS_NAMED.get(event["event"], "handshake")
-            self._rejection_log.note(f"refused a peer ({failed} failed): it has no or other link keys")
+            failed = REJECTION_EVENTS_NAMED.get(event, "handshake")
+            self._peer_log.note(f"refused a peer ({failed} failed): it has no or other link keys")
 
     def close(self) -> None:
-        if self._monitor is not None:
-            self._note_rejections()
-            self.socket.disable_monitor()
-            self._monitor.close()
+        self._note_peers()
+        self.socket.disable_monitor()
+        self._monitor.close()
         self.socket.close()
