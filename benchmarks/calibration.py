@@ -37,11 +37,11 @@ from calibration.clips import clip_from_source  # noqa: E402
 from calibration.features import edge_strength, mutual_information, ncc, to_float, to_gray  # noqa: E402
 from calibration.footage import FootageConfig, corner_error  # noqa: E402
 from calibration.overlay import before_after, write_png  # noqa: E402
-from calibration.rig import Rig  # noqa: E402
 from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs  # noqa: E402
 from calibration.synthetic_clips import synthetic_clips  # noqa: E402
+from core.errors import SkyfuseError  # noqa: E402
+from core.rig import Rig  # noqa: E402
 from engines.registry import create_engine  # noqa: E402
-from pipeline.errors import SkyfuseError  # noqa: E402
 from pipeline.synthetic import FlightConfig  # noqa: E402
 from training.fuse_pair import thermal_u8  # noqa: E402
 from training.synth import warp  # noqa: E402

@@ -42,10 +42,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from calibration.rig import Rig  # noqa: E402
+from core.rig import Rig  # noqa: E402
+from core.sizes import parse_size  # noqa: E402
 from engines.learned import LearnedEngine  # noqa: E402
 from engines.models import load_network, network_geometry  # noqa: E402
-from engines.tensorrt_cache import parse_size  # noqa: E402
 
 REFERENCE = "umf-cmgr (MRRN+DIFN)"
 # Dense fp16 tensor-core peak (FLOP/s) and memory bandwidth (B/s), from NVIDIA's data sheets (SXM parts).
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    visible_h, visible_w = parse_size(args.visible_size)
+    sizes = [parse_size(s)[::-1] for s in args.sizes.split(",")]  # (H, W), as the frames are indexed
+    visible_w, visible_h = parse_size(args.visible_size)
     batches = [int(b) for b in args.batches.split(",")]
     networks = args.networks.split(",") + ([] if args.no_reference else [REFERENCE])
     device_name, peaks = gpu_peaks()

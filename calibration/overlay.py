@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
+from core.rig import Rig
 
 from .features import to_float, to_gray
-from .rig import Rig
 
 
 def edge_overlay(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray, label: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES, Geometry
 from .models import load_network, model_label, network_geometry, without_registration, write_metadata

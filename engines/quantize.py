@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnx
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES
 from .models import META_PRECISION

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .base import Engine, FusionResult, check_batch, check_unwarped
 from .device_warp import DeviceWarp

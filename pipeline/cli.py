@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
 
 # subcommand -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an
 # exit code.

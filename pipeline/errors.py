@@ -1,5 +1,7 @@
-"""The one exception type that reaches the user as a one-line message instead of a traceback."""
+"""SkyfuseError now lives in core/errors.py. This alias serves only the stage modules being changed on
+the tcp branch in parallel (wire, keys, sink, stage, launcher); tests/test_layers.py holds it to them, and
+it goes once they import core.errors."""
 
+from core.errors import SkyfuseError
 
-class SkyfuseError(Exception):
-    """A problem the user can fix (bad input, bad configuration); the CLI prints it and exits non-zero."""
+__all__ = ["SkyfuseError"]

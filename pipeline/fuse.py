@@ -29,13 +29,14 @@ import cv2
 import numpy as np
 import zmq
 
-from calibration.rig import Rig
+from core.errors import SkyfuseError
+from core.rig import Rig
+from core.sizes import parse_size
 from engines.base import Engine
 from engines.batching import BatchScheduler, StreamStats
 from engines.registry import create_engine
 
 from .agc import ThermalAGC
-from .errors import SkyfuseError
 from .frame import EndOfStream, Frame
 from .keys import RECEIVER, SENDER, add_keys_argument, link_keys
 from .pairing import Pair, Pairer, PairingPolicy
@@ -285,13 +286,6 @@ def _thumbnail(image: np.ndarray, box: tuple[int, int]) -> np.ndarray:
     scale = min(box[0] / w, box[1] / h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 16 or int(height) < 16:
-        raise SkyfuseError(f"size must be WIDTHxHEIGHT (e.g. 640x512), got {text!r}")
-    return int(width), int(height)
 
 
 def build_parser() -> argparse.ArgumentParser:

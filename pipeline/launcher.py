@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from core.sizes import parse_size
+
 from .errors import SkyfuseError
-from .fuse import parse_size
 from .recorder import ENCODERS
 from .stage import MODES, StopFlag, die_with_parent, parse_options
 

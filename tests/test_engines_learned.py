@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from engines_testnet import PassThroughNet, TinyFusionNet
 
+from core.errors import SkyfuseError
 from engines import auto
 from engines.export import export_network
 from engines.learned import Geometry, LearnedEngine
 from engines.models import read_metadata
 from engines.registry import create_engine
-from pipeline.errors import SkyfuseError
 
 
 def frames(batch: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

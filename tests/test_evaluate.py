@@ -11,8 +11,8 @@ import torch
 from test_networks import TINY
 from test_training import scene, write_pairs
 
+from core.errors import SkyfuseError
 from engines.networks import build_network, save_weights
-from pipeline.errors import SkyfuseError
 from training.evaluate import main as eval_main
 from training.fuse_pair import main as fuse_pair_main
 

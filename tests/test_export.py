@@ -11,6 +11,7 @@ from engines_testnet import TinyFusionNet
 from onnx import TensorProto, helper
 from torch import nn
 
+from core.errors import SkyfuseError
 from engines import export
 from engines.export import export_network, verify_export
 from engines.learned import Geometry
@@ -18,7 +19,6 @@ from engines.models import network_geometry, read_metadata
 from engines.onnx_check import opset_range, tensorrt_ops, tensorrt_problems
 from engines.precision import check_fp16_parity, convert_fp16_file
 from engines.quantize import CALIBRATION_SIZE
-from pipeline.errors import SkyfuseError
 
 # Every network with its shipped architecture; the paper networks with narrow channels (same operators and
 # graph structure) so the CPU suite stays fast. Full-width exports are exercised by `skyfuse export`.

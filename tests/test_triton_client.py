@@ -24,6 +24,7 @@ import grpc  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
+from core.errors import SkyfuseError  # noqa: E402
 from engines import export  # noqa: E402
 from engines.export import export_network  # noqa: E402
 from engines.learned import Geometry  # noqa: E402
@@ -31,7 +32,6 @@ from engines.models import write_metadata  # noqa: E402
 from engines.registry import create_engine  # noqa: E402
 from engines.triton_backend import ALIGNMENT, batch_chunks, config_geometry, region_plan  # noqa: E402
 from engines.triton_repo import write_model_repository  # noqa: E402
-from pipeline.errors import SkyfuseError  # noqa: E402
 
 
 def _config(model_dir: Path):

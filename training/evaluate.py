@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 import torch
 
+from core.errors import SkyfuseError
 from engines.classical import BlendEngine, PyramidEngine
 from engines.networks import NETWORKS, build_network, registers, spec
-from pipeline.errors import SkyfuseError
 
 from . import synth
 from .data import find_pairs, load_pair, split

@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 import torch
 
-from calibration.rig import Rig
+from core.errors import SkyfuseError
+from core.rig import Rig
 from engines.colour import merge_luma, split_luma
 from engines.networks import NETWORKS, build_network, registers, spec
 from engines.registry import create_engine
-from pipeline.errors import SkyfuseError
 
 from .validate import run_network, to_u8
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from core.errors import SkyfuseError
 from engines.networks import NETWORKS, make_config, network_classes, save_weights, spec
-from pipeline.errors import SkyfuseError
 
 from .data import find_pairs, load_pair, split
 from .dataset import FixedMisaligned, MisalignedCrops

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
