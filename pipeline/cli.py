@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.trainer:main", "train a fusion network"),
     "eval": ("training.evaluate:main", "evaluate networks on a benchmark protocol"),
     "fuse-pair": ("pipeline.fuse_pair:main", "fuse one image pair as the fuse stage does"),
-    "export": ("engines.export:main", "export a network to ONNX"),
+    "export": ("training.export:main", "export a network to ONNX"),
     "build-engine": ("engines.tensorrt_build:main", "build a TensorRT engine from ONNX"),
 }
 
