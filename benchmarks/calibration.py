@@ -14,7 +14,7 @@ skyfuse-rt's learned registration still helps once the rig pre-warps the thermal
 one: the edge NCC in the visible frame (inside the thermal view) with the rig alone, after the network's
 flow, and after a control flow of the same size and the wrong pattern (the network's flow rotated by 180°).
 
-    python benchmarks/calibration.py --json out/bench/calibration.json [--out out/calibration] [--quick]
+    python -m benchmarks.calibration --json out/bench/calibration.json [--out out/calibration] [--quick]
 """
 
 from __future__ import annotations
@@ -29,23 +29,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# Run as a script, this file's folder comes first on sys.path and its own name would shadow the
-# `calibration` package: look in the repository root instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from calibration.clips import clip_from_source  # noqa: E402
-from calibration.features import edge_strength, mutual_information, ncc, to_float, to_gray  # noqa: E402
-from calibration.footage import FootageConfig, corner_error  # noqa: E402
-from calibration.overlay import before_after, write_png  # noqa: E402
-from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs  # noqa: E402
-from calibration.synthetic_clips import synthetic_clips  # noqa: E402
-from core.errors import SkyfuseError  # noqa: E402
-from core.rig import Rig  # noqa: E402
-from core.warp import warp as warp_homography  # noqa: E402
-from engines.registry import create_engine  # noqa: E402
-from pipeline.agc import ThermalAGC  # noqa: E402
-from pipeline.synthetic import FlightConfig  # noqa: E402
-from training.synth import warp  # noqa: E402
+from calibration.clips import clip_from_source
+from calibration.features import edge_strength, mutual_information, ncc, to_float, to_gray
+from calibration.footage import FootageConfig, corner_error
+from calibration.overlay import before_after, write_png
+from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs
+from calibration.synthetic_clips import synthetic_clips
+from core.errors import SkyfuseError
+from core.rig import Rig
+from core.warp import warp as warp_homography
+from engines.registry import create_engine
+from pipeline.agc import ThermalAGC
+from pipeline.synthetic import FlightConfig
+from training.synth import warp
 
 WISARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wisard"
 WISARD_FPS = 30.0  # assumed: the sample frames carry numbers, not times
