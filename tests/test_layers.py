@@ -97,3 +97,12 @@ def test_the_map_knows_every_package_and_the_parser_resolves_relative_imports():
     assert {group_of(module_name(p)) for p in project_modules()} <= set(MAY_IMPORT)
     assert "pipeline.agc" in imports_of(ROOT / "pipeline" / "fuse.py")
     assert "core.errors" in imports_of(ROOT / "core" / "rig.py")
+
+
+def test_the_runtime_needs_none_of_the_training_tools():
+    """tqdm and matplotlib come with the `train` extra only: the stages, engines and calibration run
+    without them."""
+    runtime = [p for p in project_modules() if group_of(module_name(p)) not in ("training", "benchmarks")]
+    tools = {module_name(p): {t.split(".")[0] for t in imports_of(p)} & {"tqdm", "matplotlib"}
+             for p in runtime}
+    assert not {module: used for module, used in tools.items() if used}
