@@ -39,14 +39,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/transport.py --json out/bench/transport.json
+	$(BIN)/python -m benchmarks.transport --json out/bench/transport.json
 	$(BIN)/python -m benchmarks.pipeline_sustained --json out/bench/pipeline.json
 	$(BIN)/python -m benchmarks.sink --json out/bench/sink.json
-	$(BIN)/python benchmarks/engines.py --json out/bench/engines.json
-	$(BIN)/python benchmarks/calibration.py --json out/bench/calibration.json
-	$(BIN)/python benchmarks/metrics_reference.py --json out/bench/metrics.json
-	$(BIN)/python benchmarks/registration_stages.py --json out/bench/registration_stages.json
-	$(BIN)/python benchmarks/registration_floor.py --json out/bench/registration_floor.json
+	$(BIN)/python -m benchmarks.engines --json out/bench/engines.json
+	$(BIN)/python -m benchmarks.calibration --json out/bench/calibration.json
+	$(BIN)/python -m benchmarks.metrics_reference --json out/bench/metrics.json
+	$(BIN)/python -m benchmarks.registration_stages --json out/bench/registration_stages.json
+	$(BIN)/python -m benchmarks.registration_floor --json out/bench/registration_floor.json
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) out

@@ -14,7 +14,7 @@ skyfuse-rt's learned registration still helps once the rig pre-warps the thermal
 one: the edge NCC in the visible frame (inside the thermal view) with the rig alone, after the network's
 flow, and after a control flow of the same size and the wrong pattern (the network's flow rotated by 180°).
 
-    python benchmarks/calibration.py --json out/bench/calibration.json [--out out/calibration] [--quick]
+    python -m benchmarks.calibration --json out/bench/calibration.json [--out out/calibration] [--quick]
 """
 
 from __future__ import annotations
@@ -29,22 +29,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# Run as a script, this file's folder comes first on sys.path and its own name would shadow the
-# `calibration` package: look in the repository root instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from calibration.clips import clip_from_source  # noqa: E402
-from calibration.features import edge_strength, mutual_information, ncc, to_float, to_gray  # noqa: E402
-from calibration.footage import FootageConfig, corner_error  # noqa: E402
-from calibration.overlay import before_after, write_png  # noqa: E402
-from calibration.rig import Rig  # noqa: E402
-from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs  # noqa: E402
-from calibration.synthetic_clips import synthetic_clips  # noqa: E402
-from engines.registry import create_engine  # noqa: E402
-from pipeline.errors import SkyfuseError  # noqa: E402
-from pipeline.synthetic import FlightConfig  # noqa: E402
-from training.fuse_pair import thermal_u8  # noqa: E402
-from training.synth import warp  # noqa: E402
+from calibration.clips import clip_from_source
+from calibration.features import edge_strength, mutual_information, ncc, to_float, to_gray
+from calibration.footage import FootageConfig, corner_error
+from calibration.overlay import before_after, write_png
+from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs
+from calibration.synthetic_clips import synthetic_clips
+from core.errors import SkyfuseError
+from core.rig import Rig
+from core.warp import warp as warp_homography
+from engines.registry import create_engine
+from pipeline.agc import ThermalAGC
+from pipeline.synthetic import FlightConfig
+from training.synth import warp
 
 WISARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wisard"
 WISARD_FPS = 30.0  # assumed: the sample frames carry numbers, not times
@@ -111,8 +108,8 @@ def _alignment(visible: np.ndarray, thermal: np.ndarray, rig: Rig) -> tuple[floa
     """(NCC of gradient magnitudes, mutual information) of thermal vs the visible frame warped by the rig."""
     size = (thermal.shape[1], thermal.shape[0])
     matrix = rig.homography_for(visible.shape, size)
-    warped = cv2.warpPerspective(to_float(visible), matrix, size)
-    mask = cv2.warpPerspective(np.ones(visible.shape[:2], np.uint8), matrix, size)
+    warped = warp_homography(to_float(visible), matrix, size)
+    mask = warp_homography(np.ones(visible.shape[:2], np.uint8), matrix, size)
     mask = cv2.erode(mask, np.ones((5, 5), np.uint8))
     gray_t = to_gray(thermal)
     gray_v = cv2.cvtColor(warped, cv2.COLOR_BGR2GRAY)
@@ -127,8 +124,9 @@ def network_residual(frames: list[tuple[np.ndarray, np.ndarray]], rig: Rig, engi
     scores = []
     for visible, thermal in frames:
         size = visible.shape[1::-1]
-        prewarped = thermal_u8(thermal, size, rig)
-        view = thermal_u8(np.full(thermal.shape[:2], 255, np.uint8), size, rig)
+        to_visible = np.linalg.inv(rig.homography_for(visible.shape, thermal.shape[1::-1]))
+        prewarped = warp_homography(ThermalAGC()(thermal), to_visible, size)  # a source's gray8 or gray16
+        view = warp_homography(np.full(thermal.shape[:2], 255, np.uint8), to_visible, size)
         view = cv2.erode(view, np.ones((41, 41), np.uint8))  # away from the view's edge and its zeros
         flow = engine.fuse(visible[None], prewarped[None]).flow[0]
         control = np.ascontiguousarray(-flow[::-1, ::-1])

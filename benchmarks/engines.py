@@ -19,10 +19,10 @@ the reference for the speed ratio. Weights are untrained: timings do not depend 
 precision the backend really computes in: the graph's for onnxruntime and tensorrt, fp32 for torch, and for
 torch-cuda fp16 autocast on a GPU (fp32 with --device cpu), with its CUDA graphs.
 
-    .venv/bin/python benchmarks/engines.py --json out/bench/engines.json
-    .venv/bin/python benchmarks/engines.py --backends torch-cuda --sizes 320x256,640x512,1280x1024 \\
+    .venv/bin/python -m benchmarks.engines --json out/bench/engines.json
+    .venv/bin/python -m benchmarks.engines --backends torch-cuda --sizes 320x256,640x512,1280x1024 \\
         --batches 1,4,16 --json out/bench/engines-gpu.json
-    .venv/bin/python benchmarks/engines.py --backends torch-cuda --device cpu --sizes 320x256 --batches 1 \\
+    .venv/bin/python -m benchmarks.engines --backends torch-cuda --device cpu --sizes 320x256 --batches 1 \\
         --no-reference   # the torch-cuda data path on the CPU: checks the benchmark, not the GPU
 """
 
@@ -40,12 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from calibration.rig import Rig  # noqa: E402
-from engines.learned import LearnedEngine  # noqa: E402
-from engines.models import load_network, network_geometry  # noqa: E402
-from engines.tensorrt_cache import parse_size  # noqa: E402
+from core.rig import Rig
+from core.sizes import parse_size
+from engines.learned import LearnedEngine
+from engines.models import load_network, network_geometry
 
 REFERENCE = "umf-cmgr (MRRN+DIFN)"
 # Dense fp16 tensor-core peak (FLOP/s) and memory bandwidth (B/s), from NVIDIA's data sheets (SXM parts).
@@ -221,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    visible_h, visible_w = parse_size(args.visible_size)
+    sizes = [parse_size(s)[::-1] for s in args.sizes.split(",")]  # (H, W), as the frames are indexed
+    visible_w, visible_h = parse_size(args.visible_size)
     batches = [int(b) for b in args.batches.split(",")]
     networks = args.networks.split(",") + ([] if args.no_reference else [REFERENCE])
     device_name, peaks = gpu_peaks()

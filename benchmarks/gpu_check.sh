@@ -211,11 +211,10 @@ main() {
     # skyfuse-rt at 640x512 and 1280x1024, batch 1 and 16 (the targets: 640x512 at 1 and 16,
     # 1280x1024 at 16), each also from a raw 1280x720 visible frame pre-warped on the device
     # (fuse_unwarped); UMF-CMGR at batch 1 for the speed ratio
-    step engines 150 "$PYTHON" benchmarks/engines.py --backends torch-cuda --sizes 640x512,1280x1024 \
+    step engines 150 "$PYTHON" -m benchmarks.engines --backends torch-cuda --sizes 640x512,1280x1024 \
         --batches 1,16 --visible-size 1280x720 --repeats 50 --seconds 2 --json "$OUT/engines_gpu.json"
 
-    # HD lossless, 640x512 live, the demo configuration and a cold start, engine auto; as a module, so
-    # that benchmarks/engines.py does not shadow the engines package
+    # HD lossless, 640x512 live, the demo configuration and a cold start, engine auto
     step pipeline 200 "$PYTHON" -m benchmarks.pipeline_sustained --suite gpu --json "$OUT/pipeline_gpu.json"
 
     # The suite last: it takes what is left of the budget, so a slow suite never costs the benchmarks

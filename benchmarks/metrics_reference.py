@@ -1,6 +1,6 @@
 """Fusion metrics: deviation from the shared reference fixture, and time per metric at 640x512.
 
-    .venv/bin/python benchmarks/metrics_reference.py [--json out/bench/metrics.json]
+    .venv/bin/python -m benchmarks.metrics_reference [--json out/bench/metrics.json]
 
 The deviation table is the largest relative error per metric over all rows of
 shared/data/metrics_reference/reference.csv (skipped when that folder is absent); NaN reference cells

@@ -22,7 +22,7 @@ an image-based registration can find. Each registration is also fused by skyfuse
 off, so the table shows the fusion scores a registration at the images' own optimum earns against the
 oracle registration. And skyfuse-rt's own error is split into the part an affine map explains and the rest.
 
-    .venv/bin/python benchmarks/registration_floor.py [--pairs 100] [--weights W.pt] \
+    .venv/bin/python -m benchmarks.registration_floor [--pairs 100] [--weights W.pt] \
         [--json out/bench/registration_floor.json]
 
 About 25 s per pair on 2 cores (five registrations of 300 optimiser steps each). Skipped (exit 0, with a
@@ -31,23 +31,19 @@ message) when the RoadScene folder is absent.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks import roadscene  # noqa: E402
-from engines.networks.warp import warp  # noqa: E402
-from training.data import load_pair  # noqa: E402
-from training.dataset import FixedMisaligned  # noqa: E402
-from training.metrics import end_point_error, fusion_metrics  # noqa: E402
-from training.synth import warp as warp_numpy  # noqa: E402
-from training.validate import run_network, to_u8  # noqa: E402
+from benchmarks import roadscene
+from engines.networks.warp import warp
+from training.data import load_pair
+from training.dataset import FixedMisaligned
+from training.metrics import end_point_error, fusion_metrics
+from training.synth import warp as warp_numpy
+from training.validate import run_network, to_u8
 
 SCALES = (4, 2, 1)  # coarse to fine: pooling factor of each optimisation level
 NGF_EPSILON = 0.02  # gradient magnitude below which NGF treats a pixel as flat (intensities in [0, 1])

@@ -18,7 +18,7 @@ whether warping the thermal image by it raises the NCC of the two images' gradie
 only). As a control, the thermal image is also warped by the flow read on another pair (the previous
 test pair's, resized): resampling alone, or a flow of the same size but the wrong pattern.
 
-    .venv/bin/python benchmarks/registration_stages.py [--pairs 100] [--weights W.pt] \
+    .venv/bin/python -m benchmarks.registration_stages [--pairs 100] [--weights W.pt] \
         [--json out/bench/registration_stages.json]
 
 Skipped (exit 0, with a message) when the RoadScene folder is absent.
@@ -27,23 +27,19 @@ Skipped (exit 0, with a message) when the RoadScene folder is absent.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from benchmarks import roadscene  # noqa: E402
-from engines.networks import pad_to_multiple  # noqa: E402
-from training.data import load_pair, pair_seed  # noqa: E402
-from training.dataset import sample_from, to_tensors  # noqa: E402
-from training.losses import end_point_error  # noqa: E402
-from training.metrics import pearson  # noqa: E402
-from training.synth import MisalignConfig, warp  # noqa: E402
+from benchmarks import roadscene
+from engines.networks import pad_to_multiple
+from training.data import load_pair, pair_seed
+from training.dataset import sample_from, to_tensors
+from training.losses import end_point_error
+from training.metrics import pearson
+from training.synth import MisalignConfig, warp
 
 CLASSICAL_SEARCH = 16  # px, the classical matcher's search radius (the network's first fit: ±16 px too)
 SECOND_DEFORMATION_SEED = 1  # pair_seed's seed for the self-consistency input (the test set uses the default)

@@ -5,7 +5,7 @@ clock, same machine) at 30 fps, and unpaced throughput; the same for an in-proce
 shared-memory handoff between two processes (copy into shared memory + wake the reader through a pipe);
 and a tcp hop encrypted with link keys (CURVE), to show what encryption costs.
 
-    python benchmarks/transport.py --json out/bench/transport.json [--frames 300]
+    python -m benchmarks.transport --json out/bench/transport.json [--frames 300]
 """
 
 from __future__ import annotations

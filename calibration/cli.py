@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
+from core.rig import Rig
 
 from .clips import clip_from_source
 from .footage import MODELS, FootageConfig
 from .overlay import before_after, write_png
-from .rig import Rig
 from .solve import FootageCalibrationConfig, calibrate_footage, calibrate_target, pick_pairs
 from .target import PATTERNS, TargetConfig
 from .temporal import TemporalConfig

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 from pipeline.sources import CorruptFrame, open_source
 
 from .temporal import MotionTracker

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .features import edge_strength, ncc
 

@@ -8,17 +8,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
+from core.rig import Rig
+from core.warp import warp
 
 from .features import to_float, to_gray
-from .rig import Rig
 
 
 def edge_overlay(visible: np.ndarray, thermal: np.ndarray, matrix: np.ndarray, label: str) -> np.ndarray:
     """BGR thermal image (gray) with the main visible edges, warped by `matrix` into it, in magenta.
     Only the strongest edges of the smoothed visible image are drawn, so the picture stays readable."""
     th, tw = thermal.shape[:2]
-    warped = cv2.warpPerspective(to_float(visible), matrix, (tw, th), flags=cv2.INTER_LINEAR)
+    warped = warp(to_float(visible), matrix, (tw, th))
     gray = (
         cv2.GaussianBlur(
             cv2.cvtColor(warped, cv2.COLOR_BGR2GRAY) if warped.ndim == 3 else warped, (0, 0), 2.0

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
+from core.rig import Rig
 
 from .clips import Clip
 from .features import to_float, to_gray
 from .footage import FootageConfig, estimate_geometry, pair_spread
-from .rig import Rig
 from .target import TargetConfig, estimate_target
 from .temporal import TRACK_WIDTH, OffsetEstimate, TemporalConfig, estimate_offset
 

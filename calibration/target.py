@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .features import to_gray
 

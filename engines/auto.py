@@ -10,7 +10,7 @@ import importlib
 import inspect
 from collections.abc import Callable
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .base import Engine
 

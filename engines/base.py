@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .device_warp import HostWarp
+from core.warp import warp
 
 
 @dataclass
@@ -41,9 +41,8 @@ class Engine(ABC):
         `extras=False`: the caller needs the fused frames only (GPU engines then skip downloading the
         registered thermal frame and the flow).
 
-        This default warps on the host exactly as Rig.warp_visible, then calls `fuse`."""
+        This default warps on the host (core/warp.py, as Rig.warp_visible), then calls `fuse`."""
         check_unwarped(visible, thermal, visible_to_output)
-        warp = self.__dict__.setdefault("_host_warp", HostWarp())  # maps kept per homography
         size = (thermal.shape[2], thermal.shape[1])
         result = self.fuse(np.stack([warp(v, h, size) for v, h in zip(visible, visible_to_output)]), thermal)
         return result if extras else FusionResult(fused=result.fused)

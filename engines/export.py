@@ -1,15 +1,14 @@
-"""`skyfuse export`: a network to one ONNX file that ONNX Runtime and TensorRT (10.x and 11.x) both take.
+"""A network to one ONNX file that ONNX Runtime and TensorRT (10.x and 11.x) both take.
 
 Inputs "visible", "thermal" and outputs "fused", "registered", "flow", all (B, C, H, W) float32 with dynamic
 batch and, where the network allows it, dynamic height and width. The precision is decided here, in the
 graph (strong typing, GPU.md): fp32; fp16 (engines/precision.py, fused image checked against fp32 on ONNX
 Runtime); int8 Q/DQ (engines/quantize.py, fusion metrics checked against fp32). Every export passes the
-TensorRT compatibility check (engines/onnx_check.py).
+TensorRT compatibility check (engines/onnx_check.py). The `skyfuse export` command is training/export.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES, Geometry
 from .models import load_network, model_label, network_geometry, without_registration, write_metadata
@@ -106,12 +105,12 @@ def export_network(network, path: str | Path, *, model_name: str, precision: str
     write_metadata(model, model_name, "fp32", geometry)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if precision == "int8":
-        from .quantize import CALIBRATION_SIZE, calibration_pairs, quantize_int8
+        from .quantize import CALIBRATION_SIZE, quantize_int8, synthetic_pairs
 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             onnx.save(model, str(fp32))
-            return quantize_int8(fp32, path, calibration_pairs(*geometry.padded(*CALIBRATION_SIZE)))
+            return quantize_int8(fp32, path, synthetic_pairs(16, *geometry.padded(*CALIBRATION_SIZE)))
     if precision == "fp16":
         from .precision import convert_fp16
 
@@ -266,60 +265,3 @@ def smooth_random(rng: np.random.Generator, batch: int, height: int, width: int)
     frames = np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_CUBIC) for c in coarse])
     window = np.outer(np.sin(np.linspace(0, np.pi, height)), np.sin(np.linspace(0, np.pi, width)))
     return (np.clip(frames, 0.0, 1.0) * window.astype(np.float32))[:, None]
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="skyfuse export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="network name, e.g. skyfuse-rt")
-    parser.add_argument("--weights", help="trained weights (.pt) for the network")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="tensor types in the graph (fp16: mixed precision, float32 I/O)")
-    parser.add_argument("--opset", type=int, help="ONNX opset (default: 17 torchscript, 18 dynamo)")
-    parser.add_argument("--exporter", choices=EXPORTERS, default="auto",
-                        help="torchscript (fast), dynamo (torch.export), auto: dynamo for attention networks")
-    parser.add_argument("--no-registration", action="store_true",
-                        help="export with the network's registration off (frames that arrive registered)")
-    parser.add_argument("--output", required=True, help="ONNX file to write")
-    parser.add_argument("--triton-repo", metavar="DIR",
-                        help="also write a Triton model repository: DIR/<model>/1/model.onnx + config.pbtxt")
-    parser.add_argument("--triton-max-batch", type=int, default=8,
-                        help="the repository's max_batch_size (dynamic batching up to it)")
-    args = parser.parse_args(argv)
-
-    network = load_network(args.model, args.weights)
-    if args.no_registration:
-        network = without_registration(network)
-    label = model_label(args.model, not args.no_registration)
-    fp32_path = Path(args.output) if args.precision == "fp32" else Path(args.output).with_suffix(".fp32.onnx")
-    export_network(network, fp32_path, model_name=label, opset=args.opset, exporter=args.exporter)
-    geometry = network_geometry(network)
-    error = verify_export(network, fp32_path, verify_sizes(geometry))
-    print(f"export: {label} fp32 -> {fp32_path} (ONNX Runtime vs PyTorch max |error| {error:.2e})")
-    if error > 1e-4:
-        raise SkyfuseError(f"exported graph differs from PyTorch by {error:.2e} (> 1e-4)")
-    # Precision is checked on frames of a realistic size: on the tiny export sizes a network that fits a
-    # global model (skyfuse-rt's affine map) has only a few regions, and rounding moves it more.
-    from .quantize import CALIBRATION_SIZE
-
-    size = geometry.fixed_size or geometry.padded(*CALIBRATION_SIZE)
-    if args.precision == "fp16":
-        from .precision import check_fp16_parity, convert_fp16_file
-
-        convert_fp16_file(fp32_path, args.output)
-        report = check_fp16_parity(fp32_path, args.output, [size])
-    elif args.precision == "int8":
-        from .quantize import calibration_pairs, check_int8_metrics, quantize_int8
-
-        quantize_int8(fp32_path, args.output, calibration_pairs(*size))
-        report = check_int8_metrics(fp32_path, args.output, calibration_pairs(*size, count=6, seed=1))
-    if args.precision != "fp32":
-        print(f"export: {args.precision} -> {args.output} ({report})")
-        if not report.passed:
-            raise SkyfuseError(f"{args.precision} graph is too far from fp32: {report}")
-    if args.triton_repo:
-        from .triton_repo import write_model_repository
-
-        model = write_model_repository(args.output, args.triton_repo, max_batch_size=args.triton_max_batch)
-        print(f"export: Triton model repository -> {model} (config.pbtxt, 1/model.onnx)")
-    print(f"export: {label} {args.precision} done, peak RSS {peak_rss_mib():.0f} MiB")
-    return 0

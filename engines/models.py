@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import Geometry
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 OPS_FILE = Path(__file__).parent / "data" / "tensorrt_onnx_ops.json"
 MIN_OPSET = 17  # GridSample (16) and LayerNormalization (17) as single nodes

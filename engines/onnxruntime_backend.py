@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES, LearnedEngine, Outputs
 from .models import load_graph, read_metadata, require_model_for

@@ -5,14 +5,16 @@ QuantizeLinear/DequantizeLinear pairs. ONNX Runtime's static quantizer writes th
 TensorRT requires: symmetric int8 (zero point 0) for activations and weights, per-channel weight scales.
 Only convolutions and matrix products are quantized; the flow path (the flow head and everything after
 it, engines/precision.py) stays float32. Calibration frames come from the synthetic flight (the visible
-frame pre-warped into the thermal frame by the flight's true rig, as the fuse stage does), plus RoadScene
-pairs when the shared data is present. The result is checked on ONNX Runtime against the fp32 graph with
-the fusion metrics Qabf and SSIM (within 2 %).
+frame pre-warped into the thermal frame by the flight's true rig, as the fuse stage does), plus any pairs
+the caller adds (`skyfuse export --int8-data DIR`). The result is checked on ONNX Runtime against the fp32
+graph with fusion metrics the caller gives (`skyfuse export`: Qabf and SSIM, within 2 %): engines sit
+below training (README, "Layers") and import none of its metrics.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,8 @@ import cv2
 import numpy as np
 import onnx
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
+from core.warp import warp
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES
 from .models import META_PRECISION
@@ -28,7 +31,8 @@ from .precision import flow_path_nodes
 
 Pair = tuple[np.ndarray, np.ndarray]  # visible, thermal: (1, 1, H, W) float32 in [0, 1]
 CALIBRATION_SIZE = (256, 320)  # H, W of the calibration frames (rounded up to the network's multiple)
-ROADSCENE = Path(__file__).resolve().parents[2] / "shared" / "data" / "roadscene"
+# (visible, thermal, fused) (H, W) uint8 -> {metric name: value}, higher is better
+Score = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, float]]
 
 
 def synthetic_pairs(count: int, height: int, width: int, seed: int = 0) -> list[Pair]:
@@ -41,32 +45,11 @@ def synthetic_pairs(count: int, height: int, width: int, seed: int = 0) -> list[
     pairs = []
     for i in range(count):
         index = i * 15  # half a second apart: different ground, movers and noise
-        visible = cv2.warpPerspective(flight.visible_frame(index), homography, (width, height))
+        visible = warp(flight.visible_frame(index), homography, (width, height))
         luma = cv2.cvtColor(visible, cv2.COLOR_BGR2GRAY)
         pairs.append((luma[None, None].astype(np.float32) / 255.0,
                       flight.thermal_frame(index)[None, None].astype(np.float32) / 255.0))
     return pairs
-
-
-def roadscene_pairs(count: int, height: int, width: int) -> list[Pair]:
-    """Up to `count` RoadScene pairs resized to H×W, or none when the shared data is absent."""
-    visible_dir, thermal_dir = ROADSCENE / "crop_LR_visible", ROADSCENE / "cropinfrared"
-    if not visible_dir.is_dir() or not thermal_dir.is_dir():
-        return []
-    pairs = []
-    for path in sorted(visible_dir.iterdir())[:count]:
-        other = thermal_dir / path.name
-        visible, thermal = (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in (path, other))
-        if visible is None or thermal is None:
-            continue
-        pairs.append(tuple(cv2.resize(x, (width, height))[None, None].astype(np.float32) / 255.0
-                           for x in (visible, thermal)))
-    return pairs
-
-
-def calibration_pairs(height: int, width: int, count: int = 16, seed: int = 0) -> list[Pair]:
-    """Synthetic-flight pairs (flight `seed`) plus, when present, count / 2 RoadScene pairs."""
-    return synthetic_pairs(count, height, width, seed) + roadscene_pairs(count // 2, height, width)
 
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, pairs: list[Pair]) -> onnx.ModelProto:
@@ -114,8 +97,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, pairs: list[Pair
 
 @dataclass
 class MetricReport:
-    qabf: tuple[float, float]  # (fp32, int8)
-    ssim: tuple[float, float]
+    scores: dict[str, tuple[float, float]]  # metric -> (fp32, int8) means
     allowed: float = 0.02  # relative
 
     @staticmethod
@@ -124,29 +106,27 @@ class MetricReport:
 
     @property
     def passed(self) -> bool:
-        return self._change(self.qabf) <= self.allowed and self._change(self.ssim) <= self.allowed
+        return all(self._change(pair) <= self.allowed for pair in self.scores.values())
 
     def __str__(self) -> str:
-        return (f"Qabf {self.qabf[0]:.4f} -> {self.qabf[1]:.4f} ({100 * self._change(self.qabf):.2f} %), "
-                f"SSIM {self.ssim[0]:.4f} -> {self.ssim[1]:.4f} ({100 * self._change(self.ssim):.2f} %); "
-                f"limit {100 * self.allowed:.0f} %")
+        changes = [f"{name} {a:.4f} -> {b:.4f} ({100 * self._change((a, b)):.2f} %)"
+                   for name, (a, b) in self.scores.items()]
+        return f"{', '.join(changes)}; limit {100 * self.allowed:.0f} %"
 
 
-def check_int8_metrics(fp32_path: str | Path, int8_path: str | Path, pairs: list[Pair]) -> MetricReport:
-    """Mean Qabf and SSIM of the fused frames of both graphs on ONNX Runtime (CPU) over `pairs`."""
+def check_int8_metrics(fp32_path: str | Path, int8_path: str | Path, pairs: list[Pair], score: Score
+                       ) -> MetricReport:
+    """Mean `score` of the fused frames of both graphs on ONNX Runtime (CPU) over `pairs`."""
     import onnxruntime as ort
-
-    from training.metrics import qabf, ssim
 
     sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 for path in (fp32_path, int8_path)]
-    scores = {"qabf": ([], []), "ssim": ([], [])}
+    scores: dict[str, tuple[list[float], list[float]]] = {}
     for visible, thermal in pairs:
         v8, t8 = ((x[0, 0] * 255.0 + 0.5).astype(np.uint8) for x in (visible, thermal))
         for i, session in enumerate(sessions):
             fused = session.run([OUTPUT_NAMES[0]], dict(zip(INPUT_NAMES, (visible, thermal))))[0]
             f8 = np.clip(fused[0, 0] * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            scores["qabf"][i].append(qabf(v8, t8, f8))
-            scores["ssim"][i].append(ssim(v8, t8, f8))
-    mean = {k: (float(np.mean(a)), float(np.mean(b))) for k, (a, b) in scores.items()}
-    return MetricReport(mean["qabf"], mean["ssim"])
+            for name, value in score(v8, t8, f8).items():
+                scores.setdefault(name, ([], []))[i].append(value)
+    return MetricReport({name: (float(np.mean(a)), float(np.mean(b))) for name, (a, b) in scores.items()})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .base import Engine
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import Geometry
 from .models import load_graph, read_metadata, require_model_for

@@ -14,22 +14,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
+from core.sizes import parse_size
 
 from .learned import INPUT_NAMES, Geometry
 
 Shape3 = tuple[int, int, int]  # (batch, height, width)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """ "640x512" (WIDTHxHEIGHT, as video sizes are written) -> (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SkyfuseError(f"size must be WIDTHxHEIGHT, e.g. 640x512, got {text!r}") from None
-    if width <= 0 or height <= 0:
-        raise SkyfuseError(f"size must be positive, got {text!r}")
-    return height, width
 
 
 def parse_batches(text: str | int) -> tuple[int, int, int]:
@@ -69,9 +59,9 @@ class Profile:
         if geometry.fixed_size:
             sizes = [geometry.fixed_size] * 3
         else:
-            opt = parse_size(size)
-            low = parse_size(min_size) if min_size else (opt[0] // 2, opt[1] // 2)
-            high = parse_size(max_size) if max_size else (opt[0] * 2, opt[1] * 2)
+            opt = parse_size(size)[::-1]  # (H, W), as tensor shapes are indexed
+            low = parse_size(min_size)[::-1] if min_size else (opt[0] // 2, opt[1] // 2)
+            high = parse_size(max_size)[::-1] if max_size else (opt[0] * 2, opt[1] * 2)
             sizes = [geometry.padded(*low), geometry.padded(*opt), geometry.padded(*high)]
         for axis in (0, 1):
             if not sizes[0][axis] <= sizes[1][axis] <= sizes[2][axis]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .base import Engine, FusionResult, check_batch, check_unwarped
 from .device_warp import DeviceWarp
@@ -136,15 +136,13 @@ class TorchCudaEngine(Engine):
     def _fuse_on_device(self, visible, thermal8, extras: bool) -> FusionResult:
         """`visible` (B, H, W, 3) float BGR in 0..255 and `thermal8` (B, H, W) uint8, both on the device."""
         import torch
-        import torch.nn.functional as F
+
+        from .networks import pad_to_multiple
 
         y, cr, cb = bgr_to_ycrcb(visible)
         height, width = visible.shape[1:3]
-        ph, pw = self.geometry.padded(height, width)
-        pad = (0, pw - width, 0, ph - height)
-        vis = F.pad(y.unsqueeze(1) / 255.0, pad, mode="replicate") if any(pad) else y.unsqueeze(1) / 255.0
-        ir = thermal8.float().unsqueeze(1) / 255.0
-        ir = F.pad(ir, pad, mode="replicate") if any(pad) else ir
+        vis, ir = (pad_to_multiple(x.unsqueeze(1) / 255.0, self.geometry.size_multiple)
+                   for x in (y, thermal8.float()))
         fused, registered, flow = (o[:, :, :height, :width] for o in self.run_device(vis.contiguous(), ir))
         fused_bgr = ycrcb_to_bgr(fused[:, 0] * 255.0, cr, cb).cpu().numpy()
         if not extras:

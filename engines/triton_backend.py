@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES, Geometry, LearnedEngine, Outputs
 from .models import META_FIXED_SIZE, META_MODEL, META_PRECISION, META_SIZE_MULTIPLE

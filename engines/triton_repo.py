@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from .learned import INPUT_NAMES, OUTPUT_NAMES
 from .models import META_FIXED_SIZE, META_MODEL, META_PRECISION, META_SIZE_MULTIPLE, load_graph

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
 
 # subcommand -> ("module:function", one-line help). Each function takes argv (list[str]) and returns an
 # exit code.
@@ -14,15 +14,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.launcher:main", "run the whole pipeline (capture, fuse, sink) as supervised processes"),
     "capture": ("pipeline.capture:main", "run one capture stage: a source sent to a fuse stage"),
     "fuse": ("pipeline.cli:fuse_command", "run the fuse stage (--visible-in/--thermal-in), or fuse one "
-                                          "image pair (--visible/--thermal files, as fuse-pair)"),
+                                          "image pair as it would (--visible/--thermal: fuse-pair)"),
     "sink": ("pipeline.sink:main", "run the sink stage: HUD, recording, live view"),
     "keys": ("pipeline.keys:main", "make the link keys that encrypt and authenticate tcp links"),
     "calibrate": ("calibration.cli:main", "estimate the rig file (geometry and time offset)"),
     "metrics": ("training.metrics:main", "fusion metrics for one visible/thermal/fused triple"),
     "train": ("training.trainer:main", "train a fusion network"),
     "eval": ("training.evaluate:main", "evaluate networks on a benchmark protocol"),
-    "fuse-pair": ("training.fuse_pair:main", "fuse one image pair with a network or engine"),
-    "export": ("engines.export:main", "export a network to ONNX"),
+    "fuse-pair": ("pipeline.fuse_pair:main", "fuse one image pair as the fuse stage does"),
+    "export": ("training.export:main", "export a network to ONNX"),
     "build-engine": ("engines.tensorrt_build:main", "build a TensorRT engine from ONNX"),
 }
 
@@ -32,10 +32,11 @@ STAGES = ("capture", "sink")  # stage processes (and `fuse` with endpoints): the
 
 def fuse_command(argv: list[str]) -> int:
     """`skyfuse fuse` names two things users expect: the pipeline's fuse stage, which listens on
-    endpoints, and fusing one pair of image files; the flags tell them apart."""
+    endpoints, and fusing one pair of image files (`skyfuse fuse-pair`, the same fusion; its --help says
+    both); the flags tell them apart."""
     flags = {arg.split("=", 1)[0] for arg in argv}
     if flags & {"--visible", "--thermal"} and not flags & {"--visible-in", "--thermal-in"}:
-        from training.fuse_pair import main as fuse_pair
+        from .fuse_pair import main as fuse_pair
         return fuse_pair(argv)
     from .fuse import main as fuse_stage
     from .stage import share_cores

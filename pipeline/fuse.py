@@ -29,13 +29,14 @@ import cv2
 import numpy as np
 import zmq
 
-from calibration.rig import Rig
+from core.errors import SkyfuseError
+from core.rig import Rig
+from core.sizes import parse_size
 from engines.base import Engine
 from engines.batching import BatchScheduler, StreamStats
 from engines.registry import create_engine
 
 from .agc import ThermalAGC
-from .errors import SkyfuseError
 from .frame import EndOfStream, Frame
 from .keys import RECEIVER, SENDER, add_keys_argument, link_keys
 from .pairing import Pair, Pairer, PairingPolicy
@@ -71,6 +72,9 @@ class Link:
 
     def __post_init__(self):
         self.stats = StageStats("fuse" if self.name == "main" else f"fuse.{self.name}")
+        if self.rig is None:
+            log(self.stats.stage, "no calibration given: the visible frame is only resized to the thermal "
+                                  "view (run `skyfuse calibrate` and pass --calibration for a real pre-warp)")
 
     @property
     def inputs_done(self) -> bool:
@@ -146,11 +150,10 @@ class FuseStage:
         first frame, so that lazy start-up work (CUDA context and graphs, cuDNN autotuning, ONNX Runtime's
         memory arenas) is not paid by real frames."""
         visible = np.zeros((visible_size[1], visible_size[0], 3), np.uint8)
-        thermal = self._to_output_size(np.zeros(thermal_size[::-1], np.uint8))
         for batch in sorted({1, self.batch}):
-            for link in self.links:
-                homography = self._rig(link, visible, thermal).homography_for(visible.shape,
-                                                                              thermal.shape[::-1])
+            for link in self.links:  # (an 8-bit frame leaves the AGC as it is, and its state too)
+                thermal, homography = prepare_pair(visible, np.zeros(thermal_size[::-1], np.uint8), link.agc,
+                                                   link.rig, self.output_size)
                 with self._engine_errors():
                     self.engine.fuse_unwarped(np.stack([visible] * batch), np.stack([thermal] * batch),
                                               np.stack([homography] * batch), extras=False)
@@ -187,9 +190,9 @@ class FuseStage:
             link.stats.drops["engine_busy"] += len(pairs) - self.batch
             pairs = pairs[-self.batch:]
         for pair in pairs:
-            thermal = self._prepare_thermal(link, pair.thermal.image)
             visible = pair.visible.image
-            homography = self._rig(link, visible, thermal).homography_for(visible.shape, thermal.shape[::-1])
+            thermal, homography = prepare_pair(visible, pair.thermal.image, link.agc, link.rig,
+                                               self.output_size)
             item = (link, pair, visible, thermal)
             self._engine_call(self.scheduler.submit, link.name, visible, thermal, item, homography)
 
@@ -264,21 +267,18 @@ class FuseStage:
                                    "output": link.output.policy}
         return summary
 
-    def _prepare_thermal(self, link: Link, image: np.ndarray) -> np.ndarray:
-        return self._to_output_size(link.agc(image))
 
-    def _to_output_size(self, gray: np.ndarray) -> np.ndarray:
-        if self.output_size is not None and (gray.shape[1], gray.shape[0]) != self.output_size:
-            gray = cv2.resize(gray, self.output_size, interpolation=cv2.INTER_AREA)
-        return gray
-
-    def _rig(self, link: Link, visible: np.ndarray, thermal: np.ndarray) -> Rig:
-        if link.rig is None:
-            vh, vw = visible.shape[:2]
-            link.rig = Rig.identity((vw, vh), thermal.shape[::-1])
-            log(link.stats.stage, "no calibration given: the visible frame is only resized to the thermal "
-                                  "view (run `skyfuse calibrate` and pass --calibration for a real pre-warp)")
-        return link.rig
+def prepare_pair(visible: np.ndarray, thermal: np.ndarray, agc: ThermalAGC, rig: Rig | None,
+                 output_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What the engine takes for one raw pair (Engine.fuse_unwarped): the thermal frame in 8 bits (the
+    AGC) at `output_size` (W, H; default its own), and the homography from the visible frame into it (the
+    rig's, else a plain resize). The fuse stage and `skyfuse fuse-pair` both call it, so a pair fused from
+    streams and from files gives the same pixels."""
+    gray = agc(thermal)
+    if output_size is not None and (gray.shape[1], gray.shape[0]) != tuple(output_size):
+        gray = cv2.resize(gray, tuple(output_size), interpolation=cv2.INTER_AREA)
+    rig = rig or Rig.identity(visible.shape[1::-1], gray.shape[::-1])
+    return gray, rig.homography_for(visible.shape, gray.shape[::-1])
 
 
 def _thumbnail(image: np.ndarray, box: tuple[int, int]) -> np.ndarray:
@@ -290,18 +290,13 @@ def _thumbnail(image: np.ndarray, box: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 16 or int(height) < 16:
-        raise SkyfuseError(f"size must be WIDTHxHEIGHT (e.g. 640x512), got {text!r}")
-    return int(width), int(height)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skyfuse fuse", description=__doc__.split("\n")[0],
         epilog="Serve several camera pairs by repeating --visible-in, --thermal-in and --output (and, per "
-               "pair, --link and --calibration) in the same order.")
+               "pair, --link and --calibration) in the same order. To fuse one pair of image files the "
+               "same way: skyfuse fuse --visible V --thermal T --output F (= skyfuse fuse-pair; see "
+               "skyfuse fuse-pair --help).")
     parser.add_argument("--visible-in", action="append", required=True, help="endpoint to listen on for "
                         "visible frames")
     parser.add_argument("--thermal-in", action="append", required=True,

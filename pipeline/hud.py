@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import cv2
 import numpy as np
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 COLORMAPS = {

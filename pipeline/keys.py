@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
 
 RECEIVER, SENDER = "receiver", "sender"
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import SkyfuseError
-from .fuse import parse_size
+from core.errors import SkyfuseError
+from core.sizes import parse_size
+
 from .recorder import ENCODERS
 from .stage import MODES, StopFlag, die_with_parent, parse_options
 
@@ -520,7 +521,7 @@ def check_config(config: RunConfig) -> None:
     """Fail before starting anything, with a clear message: unknown engine, unreadable calibration,
     sources that do not open, or file sequences whose lengths differ at one frame rate (they cannot cover
     the same time span)."""
-    from calibration.rig import Rig
+    from core.rig import Rig
     from engines.registry import ENGINES
 
     from .keys import RECEIVER, SENDER, link_keys

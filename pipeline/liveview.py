@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import cv2
 import numpy as np
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
 
 BOUNDARY = "skyfuseframe"
 HEAD_LIMIT = 16384  # bytes of request line and headers; a longer head gets 431

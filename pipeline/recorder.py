@@ -40,7 +40,7 @@ import av
 import cv2
 import numpy as np
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
 
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska"}
 ENCODERS = ("auto", "libx264", "h264_nvenc")  # auto: h264_nvenc where it opens, else libx264

@@ -31,7 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
+
 from .frame import MAX_FPS, MIN_FPS, EndOfStream, Frame, Timeline, wall_ns
 from .hud import HudInfo, draw_hud, draw_no_signal, picture_in_picture, thermal_colormap
 from .keys import RECEIVER, add_keys_argument, link_keys

@@ -43,7 +43,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
+
 from .stage import split_options
 from .synthetic import FlightConfig, SyntheticFlight, config_field_types
 

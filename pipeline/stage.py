@@ -10,7 +10,7 @@ import select
 import signal
 import sys
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
 
 MODES = ("live", "lossless")
 

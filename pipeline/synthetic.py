@@ -30,8 +30,8 @@ from dataclasses import dataclass, fields, replace
 import cv2
 import numpy as np
 
-from calibration.rig import Rig
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
+from core.rig import Rig
 
 THERMAL8_RANGE_C = (5.0, 45.0)  # °C mapped to 0..255 in 8-bit thermal frames
 KELVIN_OFFSET = 273.15

@@ -42,7 +42,8 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .errors import SkyfuseError
+from core.errors import SkyfuseError
+
 from .frame import (
     PIXEL_FORMATS,
     STREAMS,

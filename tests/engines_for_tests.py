@@ -2,6 +2,7 @@
 
 import time
 
+from core.errors import SkyfuseError
 from engines.classical import BlendEngine
 
 
@@ -37,3 +38,10 @@ class SlowStartEngine(BlendEngine):
     def __init__(self, start_s: float = 3.0):
         time.sleep(start_s)
         super().__init__()
+
+
+class UnbuildableEngine(BlendEngine):
+    """A backend that is installed but cannot build an engine here (TensorRT on a GPU it does not support)."""
+
+    def __init__(self):
+        raise SkyfuseError("cannot build an engine here (test)")

@@ -11,13 +11,13 @@ import pytest
 from calibration.clips import clip_from_render
 from calibration.features import to_float, to_gray
 from calibration.footage import FootageConfig, corner_error, estimate_geometry
-from calibration.rig import Rig
 from calibration.solve import calibrate_footage, pick_pairs
 from calibration.synthetic_clips import synthetic_clips
 from calibration.target import TargetConfig, estimate_target
 from calibration.temporal import estimate_offset
+from core.errors import SkyfuseError
+from core.rig import Rig
 from pipeline.cli import main as skyfuse
-from pipeline.errors import SkyfuseError
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 
 THERMAL = (640, 512)

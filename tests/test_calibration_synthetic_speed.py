@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from calibration.cli import main as calibrate
 from calibration.footage import corner_error
-from calibration.rig import Rig
+from core.rig import Rig
 from pipeline.synthetic import FlightConfig, true_rig
 
 FLIGHT = "seed=3,visible_size=640x360,thermal_size=320x256,speed_px_s=150,speed_variation=0.6"

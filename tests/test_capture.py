@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from test_end_to_end import skyfuse
 
+from core.errors import SkyfuseError
 from pipeline.capture import CaptureStage
-from pipeline.errors import SkyfuseError
 from pipeline.frame import EndOfStream, Frame
 from pipeline.sources import Source, SyntheticSource, open_source
 from pipeline.stage import StopFlag

@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from pipeline.cli import main
 
@@ -35,3 +36,10 @@ def test_fuse_stage_flags_start_the_stage(capsys):
     assert main(["fuse", "--visible-in", "ipc:///tmp/x", "--thermal-in", "ipc:///tmp/y", "--output",
                  "ipc:///tmp/z", "--engine", "nonsense"]) == 2
     assert "unknown engine 'nonsense'" in capsys.readouterr().err
+
+
+def test_fuse_help_shows_both_modes(capsys):
+    with pytest.raises(SystemExit):
+        main(["fuse", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--visible-in" in out and "skyfuse fuse --visible V --thermal T --output F" in out

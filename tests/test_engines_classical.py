@@ -4,11 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
-from calibration.rig import Rig
+from core.errors import SkyfuseError
+from core.rig import Rig
 from engines.classical import BlendEngine, PyramidEngine
 from engines.colour import merge_luma, split_luma
 from engines.registry import create_engine
-from pipeline.errors import SkyfuseError
 
 
 def scene(seed: int = 0, shape=(128, 160)) -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from engines_testnet import TinyFusionNet
 
-from calibration.rig import Rig
+from core.rig import Rig
 from engines.device_warp import DeviceWarp
 from engines.registry import create_engine
 
@@ -77,7 +77,7 @@ def test_device_warp_uses_each_frames_homography_and_keeps_grids():
         got = warp(torch.from_numpy(visible), batch, (80, 64)).permute(0, 2, 3, 1).numpy()
         for frame, matrix, result in zip(visible, batch, got):
             assert np.abs(result - rig_warp(frame, matrix, (80, 64))).mean() <= 0.5
-    assert len(warp.grids.items) == 3  # one grid per distinct homography, reused across calls
+    assert len(warp.grids) == 3  # one grid per distinct homography, reused across calls
 
 
 def test_torch_cuda_engine_fuse_unwarped_on_cpu_matches_prewarp_then_fuse():

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from engines_testnet import PassThroughNet, TinyFusionNet
 
+from core.errors import SkyfuseError
 from engines import auto
 from engines.export import export_network
 from engines.learned import Geometry, LearnedEngine
 from engines.models import read_metadata
-from engines.registry import create_engine
-from pipeline.errors import SkyfuseError
+from engines.registry import ENGINES, create_engine
 
 
 def frames(batch: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -170,11 +170,13 @@ def test_auto_picks_the_first_usable_backend_and_says_why(tiny_onnx, monkeypatch
 
 def test_auto_falls_back_when_a_probed_backend_fails_to_start(tiny_onnx, monkeypatch):
     _, path = tiny_onnx
-    monkeypatch.setitem(auto.PROBES, "tensorrt", lambda: None)  # "installed", but cannot build here
+    # TensorRT "installed" but unable to build, whether or not this machine has it
+    monkeypatch.setitem(auto.PROBES, "tensorrt", lambda: None)
+    monkeypatch.setitem(ENGINES, "tensorrt", "engines_for_tests:UnbuildableEngine")
     monkeypatch.setitem(auto.PROBES, "torch-cuda", lambda: "PyTorch sees no CUDA device")
     engine = create_engine("auto", onnx_path=str(path))
     assert engine.name == "onnxruntime"
-    assert "tensorrt: failed to start" in engine.describe()
+    assert "tensorrt: failed to start (cannot build an engine here (test))" in engine.describe()
 
 
 def test_auto_without_any_backend_is_a_user_error(monkeypatch):

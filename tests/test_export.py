@@ -11,6 +11,7 @@ from engines_testnet import TinyFusionNet
 from onnx import TensorProto, helper
 from torch import nn
 
+from core.errors import SkyfuseError
 from engines import export
 from engines.export import export_network, verify_export
 from engines.learned import Geometry
@@ -18,7 +19,7 @@ from engines.models import network_geometry, read_metadata
 from engines.onnx_check import opset_range, tensorrt_ops, tensorrt_problems
 from engines.precision import check_fp16_parity, convert_fp16_file
 from engines.quantize import CALIBRATION_SIZE
-from pipeline.errors import SkyfuseError
+from training import export as export_command
 
 # Every network with its shipped architecture; the paper networks with narrow channels (same operators and
 # graph structure) so the CPU suite stays fast. Full-width exports are exercised by `skyfuse export`.
@@ -164,10 +165,10 @@ def test_the_check_sizes_catch_a_graph_baked_to_the_traced_height_or_width(axis,
 
 
 def test_export_command_writes_verified_fp32_and_fp16_graphs(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
-    assert export.main(["--model", "tiny", "--output", str(tmp_path / "m.onnx")]) == 0
+    monkeypatch.setattr(export_command, "load_network", lambda name, weights=None: TinyFusionNet().eval())
+    assert export_command.main(["--model", "tiny", "--output", str(tmp_path / "m.onnx")]) == 0
     fp16_args = ["--model", "tiny", "--precision", "fp16", "--output", str(tmp_path / "m16.onnx")]
-    assert export.main(fp16_args) == 0
+    assert export_command.main(fp16_args) == 0
     out = capsys.readouterr().out
     assert "ONNX Runtime vs PyTorch" in out and "fused vs fp32" in out
     assert re.search(r"export: tiny fp16 done, peak RSS \d+ MiB\n$", out)
@@ -178,7 +179,7 @@ def test_export_command_exports_a_network_with_its_registration_off(tmp_path):
     import onnxruntime as ort
 
     path = tmp_path / "fusion.onnx"
-    assert export.main(["--model", "skyfuse-rt", "--no-registration", "--output", str(path)]) == 0
+    assert export_command.main(["--model", "skyfuse-rt", "--no-registration", "--output", str(path)]) == 0
     assert read_metadata(onnx.load(str(path)))[0] == "skyfuse-rt-fusion-only"
     rng = torch.Generator().manual_seed(0)
     visible, thermal = (torch.rand(1, 1, 64, 96, generator=rng).numpy() for _ in range(2))
@@ -188,9 +189,9 @@ def test_export_command_exports_a_network_with_its_registration_off(tmp_path):
 
 
 def test_export_command_errors_are_user_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
+    monkeypatch.setattr(export_command, "load_network", lambda name, weights=None: TinyFusionNet().eval())
     with pytest.raises(SkyfuseError, match="opset"):
-        export.main(["--model", "tiny", "--opset", "13", "--output", str(tmp_path / "m.onnx")])
+        export_command.main(["--model", "tiny", "--opset", "13", "--output", str(tmp_path / "m.onnx")])
 
 
 def test_the_export_list_covers_every_network():
@@ -239,6 +240,7 @@ def test_every_network_fp16_graph_is_within_two_gray_levels_of_fp32(name, export
 
 def test_int8_graph_has_symmetric_qdq_keeps_the_flow_head_float_and_metrics_within_two_percent(tmp_path):
     from engines.quantize import check_int8_metrics, quantize_int8, synthetic_pairs
+    from training.export import fusion_score
 
     torch.manual_seed(0)
     fp32 = tmp_path / "tiny.onnx"
@@ -251,7 +253,9 @@ def test_int8_graph_has_symmetric_qdq_keeps_the_flow_head_float_and_metrics_with
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantized_inputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     assert [n.input[0] in quantized_inputs for n in convs] == [True, True, False]  # flow head stays float
-    report = check_int8_metrics(fp32, tmp_path / "tiny8.onnx", synthetic_pairs(3, 64, 80, seed=1))
+    report = check_int8_metrics(fp32, tmp_path / "tiny8.onnx", synthetic_pairs(3, 64, 80, seed=1),
+                                fusion_score)
+    assert set(report.scores) == {"Qabf", "SSIM"}
     assert report.passed, str(report)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 from pipeline.hud import HudInfo, draw_hud, hud_rect, picture_in_picture, thermal_colormap
 
 INFO = HudInfo(fps=29.97, latency_ms=42.31, drops=3, engine="pyramid",

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 from pipeline.liveview import BOUNDARY, LiveView, LiveViewConfig, access_token
 
 SHAPE = (64, 96, 3)

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.errors import SkyfuseError
 from pipeline import cli
-from pipeline.errors import SkyfuseError
 from training import metrics
 from training.metrics import FUSION_METRICS, fusion_metrics, registration_metrics
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import SkyfuseError
 from engines.networks import NETWORKS, build_network, pad_to_multiple, registers, save_weights, spec
 from engines.networks.dae_fuse import Discriminator
 from engines.networks.misfit_v import PatchDiscriminator
 from engines.networks.warp import warp
-from pipeline.errors import SkyfuseError
 from training import synth
 
 # Tiny networks run fastest single-threaded; the CI machine's 2 cores are shared with other tests.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pipeline.recorder
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 from pipeline.recorder import Recorder, RecorderConfig, Sidecar, iter_frames, read_sidecar, read_video
 
 REPO = Path(__file__).resolve().parents[1]

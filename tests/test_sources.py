@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 from pipeline.sources import CorruptFrame, MissingFile, open_source
 from pipeline.synthetic import FlightConfig
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 
 # small frames keep the ground map (and the test) small

@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_networks import TINY
 
+from core.errors import SkyfuseError
 from engines.networks import build_network
-from pipeline.errors import SkyfuseError
 from training import synth
 from training.data import Pair, find_pairs, load_pair, split
 from training.dataset import FixedMisaligned, MisalignedCrops

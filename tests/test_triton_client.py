@@ -24,14 +24,14 @@ import grpc  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
-from engines import export  # noqa: E402
+from core.errors import SkyfuseError  # noqa: E402
 from engines.export import export_network  # noqa: E402
 from engines.learned import Geometry  # noqa: E402
 from engines.models import write_metadata  # noqa: E402
 from engines.registry import create_engine  # noqa: E402
 from engines.triton_backend import ALIGNMENT, batch_chunks, config_geometry, region_plan  # noqa: E402
 from engines.triton_repo import write_model_repository  # noqa: E402
-from pipeline.errors import SkyfuseError  # noqa: E402
+from training import export as export_command  # noqa: E402
 
 
 def _config(model_dir: Path):
@@ -152,9 +152,9 @@ def test_repository_config_is_a_triton_model_config_with_the_graphs_tensors(tiny
 
 
 def test_export_command_writes_the_repository_of_the_graph_it_exported(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(export, "load_network", lambda name, weights=None: TinyFusionNet().eval())
+    monkeypatch.setattr(export_command, "load_network", lambda name, weights=None: TinyFusionNet().eval())
     output = tmp_path / "m16.onnx"
-    assert export.main(["--model", "tiny", "--precision", "fp16", "--output", str(output),
+    assert export_command.main(["--model", "tiny", "--precision", "fp16", "--output", str(output),
                         "--triton-repo", str(tmp_path / "repo"), "--triton-max-batch", "4"]) == 0
     model_dir = tmp_path / "repo" / "tiny-fp16"
     assert (model_dir / "1" / "model.onnx").read_bytes() == output.read_bytes()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 from pipeline.frame import EndOfStream, Frame
 from pipeline.keys import SENDER, LinkKeys, create_keys, link_keys, load_keys
 from pipeline.wire import (

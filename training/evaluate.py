@@ -22,24 +22,25 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from core.errors import SkyfuseError
 from engines.classical import BlendEngine, PyramidEngine
 from engines.networks import NETWORKS, build_network, registers, spec
-from pipeline.errors import SkyfuseError
 
 from . import synth
 from .data import find_pairs, load_pair, split
 from .dataset import FixedMisaligned
 from .metrics import fusion_metrics, registration_metrics
+from .plot import picture_grid
 from .validate import run_network, to_u8
 
 FUSION_COLUMNS = ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC"]
 REGISTRATION_COLUMNS = ["reg_MSE", "reg_NCC", "reg_MI", "reg_EPE"]
 BASELINES = {"blend": BlendEngine(), "pyramid": PyramidEngine()}
-GRID_PAIRS, TILE_HEIGHT = 3, 160
+GRID_PAIRS = 3
 
 
 def classical(engine, visible: np.ndarray, thermal: np.ndarray) -> np.ndarray:
@@ -98,26 +99,15 @@ def score_row(sample, result: Result) -> dict[str, float]:
     return scores
 
 
-def tile(image: np.ndarray, label: str) -> np.ndarray:
-    h, w = image.shape[:2]
-    out = cv2.resize(to_u8(image), (int(w * TILE_HEIGHT / h), TILE_HEIGHT), interpolation=cv2.INTER_AREA)
-    out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
-    cv2.putText(out, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
-def grid_row(sample, results: dict, networks: list[str]) -> np.ndarray:
-    tiles = [
-        tile(sample["visible"][0].numpy(), "visible"),
-        tile(sample["thermal"][0].numpy(), "thermal (misaligned)"),
-    ]
+def grid_row(sample, results: dict, networks: list[str]) -> list[tuple[str, np.ndarray]]:
+    """One example of the picture grid: the inputs, the first baseline and each network's outputs."""
+    row = [("visible", sample["visible"][0].numpy()), ("thermal (misaligned)", sample["thermal"][0].numpy())]
     first_baseline = next((k for k in results if k.endswith("(no registration)")), None)
     if first_baseline:
-        tiles.append(tile(results[first_baseline].fused, first_baseline))
+        row.append((first_baseline, results[first_baseline].fused))
     for name in networks:
-        result = results[name]
-        tiles += [tile(result.registered, f"{name} registered"), tile(result.fused, f"{name} fused")]
-    return np.hstack(tiles)
+        row += [(f"{name} registered", results[name].registered), (f"{name} fused", results[name].fused)]
+    return row
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
@@ -158,7 +148,7 @@ def main(argv: list[str]) -> int:
     samples = FixedMisaligned([load_pair(p) for p in test[: args.limit]])
     sums: dict[str, dict[str, list[float]]] = {}
     grid = []
-    for i in range(len(samples)):
+    for i in tqdm(range(len(samples)), desc="scoring pairs", unit="pair"):
         sample = samples[i]
         results = rows_for_pair(sample, networks, args.baselines)
         for row, result in results.items():
@@ -166,19 +156,10 @@ def main(argv: list[str]) -> int:
                 sums.setdefault(row, {}).setdefault(k, []).append(v)
         if i < GRID_PAIRS:
             grid.append(grid_row(sample, results, list(networks)))
-        print(f"\rscored {i + 1}/{len(samples)} pairs", end="", flush=True)
-    print()
     table = {row: {k: float(np.mean(v)) for k, v in values.items()} for row, values in sums.items()}
     print(format_table(table))
     if grid:
-        width = max(g.shape[1] for g in grid)
-        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(
-            args.grid,
-            np.vstack(
-                [cv2.copyMakeBorder(g, 0, 0, 0, width - g.shape[1], cv2.BORDER_CONSTANT) for g in grid]
-            ),
-        )
+        picture_grid(grid, args.grid)
         print(f"example grid: {args.grid}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

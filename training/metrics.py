@@ -43,7 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 from . import structural_metrics as structural
 

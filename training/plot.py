@@ -1,48 +1,64 @@
-"""Training curves as a PNG drawn with OpenCV (no matplotlib dependency): one panel per series."""
+"""Training curves and picture grids as PNGs, drawn with matplotlib (the `train` extra; the runtime
+install stays without it). The Agg backend writes files and needs no display."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-PANEL_W, PANEL_H, MARGIN = 360, 220, 46
 
+def _pyplot():
+    import matplotlib
 
-def _panel(name: str, xs: list[float], ys: list[float]) -> np.ndarray:
-    img = np.full((PANEL_H, PANEL_W, 3), 255, np.uint8)
-    x0, y0, x1, y1 = MARGIN, 24, PANEL_W - 12, PANEL_H - 28
-    cv2.rectangle(img, (x0, y0), (x1, y1), (180, 180, 180), 1)
-    cv2.putText(img, name, (x0, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    points = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
-    if not points:
-        return img
-    px, py = np.array(points, dtype=np.float64).T
-    lo, hi = py.min(), py.max()
-    hi = hi if hi > lo else lo + 1e-9
-    left, right = px.min(), max(px.max(), px.min() + 1e-9)
-    u = x0 + (px - left) / (right - left) * (x1 - x0)
-    v = y1 - (py - lo) / (hi - lo) * (y1 - y0)
-    cv2.polylines(img, [np.stack((u, v), 1).round().astype(np.int32)], False, (200, 80, 0), 2, cv2.LINE_AA)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    cv2.putText(img, f"{hi:.4g}", (2, y0 + 8), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, f"{lo:.4g}", (2, y1), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, f"{left:g}", (x0, y1 + 16), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, f"{right:g}", (x1 - 40, y1 + 16), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    return img
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_history(rows: list[dict], x_key: str, series: list[str], path: str | Path, columns: int = 3) -> None:
-    """Write one line chart per series (its points are the rows holding that key) into a grid PNG."""
-    panels = []
+    """One line chart per series (its points are the rows holding that key, against `x_key`) in a grid."""
+    curves = {}
     for name in series:
-        pts = [(float(r[x_key]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
-        panels.append(_panel(name, [p[0] for p in pts], [p[1] for p in pts]))
-    if not panels:
+        points = [(float(r[x_key]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
+        curves[name] = [(x, y) for x, y in points if math.isfinite(y)]
+    if not curves:
         return
-    while len(panels) % columns:
-        panels.append(np.full_like(panels[0], 255))
-    grid = np.vstack([np.hstack(panels[i : i + columns]) for i in range(0, len(panels), columns)])
-    cv2.imwrite(str(path), grid)
+    plt = _pyplot()
+    grid_rows = -(-len(curves) // columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(4 * columns, 2.8 * grid_rows), squeeze=False)
+    for ax, (name, points) in zip(axes.flat, curves.items()):
+        if points:
+            ax.plot(*zip(*points), color="tab:blue", linewidth=1.5)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(x_key, fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(curves):]:
+        ax.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(str(path), dpi=100)
+    plt.close(figure)
+
+
+def picture_grid(rows: list[list[tuple[str, np.ndarray]]], path: str | Path, tile_inches: float = 2.2
+                 ) -> None:
+    """A grid of labelled gray images (float in [0, 1] or uint8), one row of (label, image) per example."""
+    if not rows:
+        return
+    plt = _pyplot()
+    columns = max(map(len, rows))
+    figure, axes = plt.subplots(len(rows), columns, figsize=(tile_inches * columns, tile_inches * len(rows)),
+                                squeeze=False)
+    for row, row_axes in zip(rows, axes):
+        for ax in row_axes:
+            ax.axis("off")
+        for ax, (label, image) in zip(row_axes, row):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255 if image.dtype == np.uint8 else 1)
+            ax.set_title(label, fontsize=8)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(str(path), dpi=100)
+    plt.close(figure)

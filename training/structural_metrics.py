@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 VIF_NOISE_VAR = 2.0  # sigma_n^2 of the reference evaluator (README, "VIF")
 VIF_EPS = 1e-10

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import csv
 import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from core.errors import SkyfuseError
 from engines.networks import NETWORKS, make_config, network_classes, save_weights, spec
-from pipeline.errors import SkyfuseError
 
 from .data import find_pairs, load_pair, split
 from .dataset import FixedMisaligned, MisalignedCrops
@@ -120,27 +120,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise SkyfuseError("--device cuda: no CUDA device available to torch")
 
 
-class Progress:
-    """One self-overwriting status line on stderr per epoch (a progress bar without a dependency)."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.start = total, label, time.monotonic()
-
-    def update(self, done: int, values: dict[str, float]) -> None:
-        width = 24
-        filled = int(width * done / max(1, self.total))
-        text = " ".join(f"{k} {v:.4f}" for k, v in values.items())
-        rate = done / max(1e-9, time.monotonic() - self.start)
-        sys.stderr.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-            f"{rate:.2f} it/s {text}"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
-
-
 def write_log(history: list[dict], out: Path) -> None:
     keys: list[str] = []
     for row in history:
@@ -221,7 +200,7 @@ def main(argv: list[str]) -> int:
             drop_last=True,
             generator=torch.Generator().manual_seed(args.seed * 100003 + epoch),
         )
-        progress = Progress(len(loader), f"epoch {epoch + 1}/{args.epochs}")
+        progress = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", unit="step")
         recipe.train()
         sums: dict[str, float] = {}
         for i, batch in enumerate(loader):
@@ -229,7 +208,8 @@ def main(argv: list[str]) -> int:
             step += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
-            progress.update(i + 1, {k: v / (i + 1) for k, v in sums.items()})
+            progress.update()
+            progress.set_postfix({k: f"{v / (i + 1):.4f}" for k, v in sums.items()}, refresh=False)
             elapsed = time.monotonic() - start
             if (args.max_steps and step >= args.max_steps) or (
                 args.time_limit and elapsed > 60 * args.time_limit

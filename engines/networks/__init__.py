@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import SkyfuseError
+from core.errors import SkyfuseError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -141,4 +141,5 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Replicate-pad (B, C, H, W) at the bottom and right up to multiples of `multiple`; crop the outputs
     back with `[..., :H, :W]`."""
     h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
+    pad = (0, (-w) % multiple, 0, (-h) % multiple)
+    return F.pad(x, pad, mode="replicate") if any(pad) else x

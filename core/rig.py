@@ -12,10 +12,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from pipeline.errors import SkyfuseError
+from .errors import SkyfuseError
+from .warp import warp
 
 
 @dataclass
@@ -36,16 +36,8 @@ class Rig:
         return to_out @ self.visible_to_thermal @ to_rig
 
     def warp_visible(self, visible: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-        """The visible frame resampled into the thermal camera's view at `output_size` (W, H).
-
-        The sampling maps are computed once per input and output size and kept in fixed point, which
-        makes each frame's warp about twice as fast as cv2.warpPerspective."""
-        key = (visible.shape[:2], tuple(output_size))
-        maps = self.__dict__.setdefault("_maps", {})
-        if key not in maps:
-            maps[key] = _sampling_maps(np.linalg.inv(self.homography_for(visible.shape, output_size)),
-                                       output_size)
-        return cv2.remap(visible, *maps[key], cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        """The visible frame resampled into the thermal camera's view at `output_size` (W, H)."""
+        return warp(visible, self.homography_for(visible.shape, output_size), output_size)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -90,11 +82,3 @@ class Rig:
         return cls(sizes[0], sizes[1], matrix, offset, str(data.get("method", "unknown")),
                    dict(data.get("quality", {})))
 
-
-def _sampling_maps(output_to_input: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed-point cv2.remap maps giving, for each output pixel, where to sample the input."""
-    xs, ys = np.meshgrid(np.arange(size[0], dtype=np.float64), np.arange(size[1], dtype=np.float64))
-    points = np.stack([xs, ys, np.ones_like(xs)], axis=-1) @ output_to_input.T
-    map_x = (points[..., 0] / points[..., 2]).astype(np.float32)
-    map_y = (points[..., 1] / points[..., 2]).astype(np.float32)
-    return cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
