@@ -33,6 +33,13 @@ def _env() -> dict:
     return env
 
 
+def start_run(*args: str) -> subprocess.Popen:
+    """`skyfuse run` on the small synthetic flight, in the background, its output captured."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
+                             "--thermal", f"synthetic:{SMALL}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
 def stats_of(output: Path) -> dict:
     return json.loads(output.with_name("stats.json").read_text())
 
@@ -82,10 +89,7 @@ def test_lossless_run_records_every_frame_at_the_source_rate(tmp_path):
 
 def test_frames_lost_with_a_killed_stage_are_reconciled_in_the_statistics(tmp_path):
     output = tmp_path / "fused.mp4"
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
-                                "--thermal", f"synthetic:{SMALL}", "--frames", "600", "--mode", "lossless",
-                                "--pace", "native", "--output", str(output)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    process = start_run("--frames", "600", "--mode", "lossless", "--pace", "native", "--output", str(output))
     sidecar = output.with_name("fused.mp4.frames.jsonl")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(read_sidecar(sidecar) if sidecar.exists() else []) < 30:
@@ -167,10 +171,8 @@ def test_a_launcher_killed_outright_leaves_no_orphans_and_a_playable_recording(t
 
 def test_a_crashed_stage_is_reported_the_rest_stop_and_the_recording_plays(tmp_path):
     output = tmp_path / "fused.mp4"
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{SMALL}",
-                                "--thermal", f"synthetic:{SMALL}", "--frames", "200", "--mode", "lossless",
-                                "--engine", "engines_for_tests:FailingEngine", "--output", str(output)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    process = start_run("--frames", "200", "--mode", "lossless", "--output", str(output),
+                        "--engine", "engines_for_tests:FailingEngine")
     stages: set[int] = set()
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
