@@ -18,11 +18,11 @@
 # suite is known to be safe in parallel), GPU_CHECK_BUDGET_S (default 540: every step's limit is cut to
 # what is left of it, so the summary is written inside the device tool's 600 s).
 # Steps: wheels (installed into /tmp/site only when pyzmq or av do not import), then nvidia-smi and the
-# versions of Python and its packages are printed, then engines, pipeline and the suite. The repo is not
+# versions of Python and its packages are printed, then engines, pipeline, drones and the suite. The repo is not
 # pip-installed: PYTHONPATH holds it, and the stage processes (`python -m pipeline`) inherit it.
 # Writes into $OUT: gpu_check.log (everything printed), gpu_check.json (per step: exit code, seconds,
 # status; test counts, failures and skip reasons from the JUnit XML; benchmark row counts; versions),
-# tests.xml (JUnit), engines_gpu.json and pipeline_gpu.json (the benchmarks' own JSON).
+# tests.xml (JUnit), engines_gpu.json, pipeline_gpu.json and drones_gpu.json (the benchmarks' own JSON).
 # Exit code: 0 when the wheels, tests and engines steps passed (the pipeline step is reported,
 # not counted: its suite may be newer than this script).
 
@@ -153,7 +153,8 @@ def rows(path: Path) -> dict:
 
 
 details = {"tests": lambda: junit(out / "tests.xml"), "engines": lambda: rows(out / "engines_gpu.json"),
-           "pipeline": lambda: rows(out / "pipeline_gpu.json")}
+           "pipeline": lambda: rows(out / "pipeline_gpu.json"),
+           "drones": lambda: rows(out / "drones_gpu.json")}
 steps = []
 for line in Path(steps_path).read_text().splitlines():
     name, limit, code, seconds, command = line.split("\t", 4)
@@ -217,6 +218,9 @@ main() {
     # HD lossless, 640x512 live, the demo configuration and a cold start, engine auto
     step pipeline 200 "$PYTHON" -m benchmarks.pipeline_sustained --suite gpu --json "$OUT/pipeline_gpu.json"
 
+    # 1, 4 and 16 drones (640x512 thermal, 1280x720 visible) through one fuse stage, batched, lossless
+    step drones 150 "$PYTHON" -m benchmarks.drones --links 1,4,16 --json "$OUT/drones_gpu.json"
+
     # The suite last: it takes what is left of the budget, so a slow suite never costs the benchmarks
     # -rfEs: failures, errors and skip reasons in the short summary (a lone -rs would drop the failures)
     local pytest_options=(-q -rfEs --durations=15 --junitxml="$OUT/tests.xml")
@@ -226,7 +230,7 @@ main() {
     step tests 300 "$PYTHON" -m pytest "${pytest_options[@]}" "${PYTEST_SELECTION[@]}"
 
     summary
-    ! awk -F '\t' '$1 != "pipeline" && $3 != 0 { found = 1 } END { exit !found }' "$STEPS"
+    ! awk -F '\t' '$1 != "pipeline" && $1 != "drones" && $3 != 0 { found = 1 } END { exit !found }' "$STEPS"
 }
 
 main 2>&1 | tee "$LOG"
