@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from .frame import EndOfStream, Frame
 from .keys import SENDER, add_keys_argument, link_keys
@@ -49,6 +52,8 @@ from .stage import (
 from .stats import StageStats
 from .wire import BLOCK, DROP_NEWEST, Sender, close_transport
 
+RATE_FRAMES = 15  # intervals over which a live stream's real frame rate is measured (half a second)
+
 
 class CaptureStage:
     def __init__(self, source: Source, output: Sender, *, pace: bool, epoch_ns: int | None = None):
@@ -71,6 +76,22 @@ class CaptureStage:
         return {"width": image.shape[1], "height": image.shape[0],
                 "channels": 1 if image.ndim == 2 else image.shape[2], "dtype": str(image.dtype),
                 "fps": self.source.fps, "live": self.source.live}
+
+    def measure_rate(self, stop: StopFlag, frames: int = RATE_FRAMES) -> None:
+        """Measure a live stream's frame rate from the arrival of its next `frames` frames (dropped as
+        `warmup`) and use it when the rate the stream reports is off by over 10 %: FFmpeg reports 25 for
+        any HTTP MJPEG stream, and the recording would then run at the wrong speed."""
+        arrivals = []
+        while len(arrivals) <= frames and not stop.is_set() and self._read(stop, counted=False) is not None:
+            arrivals.append(time.monotonic())
+            self.stats.drops["warmup"] += 1
+        if len(arrivals) < 3:
+            return
+        measured = 1.0 / statistics.median(np.diff(arrivals))
+        if abs(measured - self.source.fps) > 0.1 * self.source.fps:
+            log(self.name, f"the source reports {self.source.fps:g} fps but delivers {measured:.1f}: "
+                           "recording at the measured rate (--fps sets it)")
+            self.source.fps = round(measured, 2)
 
     def wait_for_epoch(self, channel: LauncherChannel, stop: StopFlag) -> None:
         """Take the run's epoch from the launcher. A live source keeps delivering meanwhile: its frames are
@@ -229,6 +250,8 @@ def main(argv: list[str]) -> int:
                     keys=keys)
     stage = CaptureStage(source, output, pace=pace, epoch_ns=args.epoch_ns)
     try:
+        if source.live and args.fps is None:
+            stage.measure_rate(stop)
         if channel:
             geometry = stage.geometry(stop)
             channel.report("ready", geometry=geometry, startup_s=round(time.monotonic() - started, 3))

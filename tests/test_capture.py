@@ -265,3 +265,21 @@ def test_files_gone_mid_run_are_counted_and_logged_once(tmp_path, capsys):
     assert "ended_early" not in summary["drops"]
     log = capsys.readouterr().err
     assert log.count("file gone") == 1 and "only counted as missing_file" in log
+
+
+def test_a_live_stream_that_reports_the_wrong_rate_is_recorded_at_the_rate_it_delivers(tmp_path, capsys):
+    server = MjpegServer(fps=30)
+    source = open_source(server.url, "visible", open_timeout=2)
+    sender = Sender(f"ipc://{tmp_path}/visible", policy=DROP_NEWEST)
+    try:
+        reported = source.fps
+        assert reported != pytest.approx(30, rel=0.1)  # FFmpeg says 25 for any HTTP MJPEG stream
+        stage = CaptureStage(source, sender, pace=True)
+        stage.measure_rate(StopFlag())
+        assert source.fps == pytest.approx(30, rel=0.1)
+        assert stage.stats.drops["warmup"] == 16  # the frames it was measured on are not sent
+        assert f"reports {reported:g} fps but delivers" in capsys.readouterr().err
+    finally:
+        sender.close()
+        source.close()
+        server.stop()
