@@ -184,6 +184,8 @@ class Recorder:
     asked to).
     """
 
+    dtype = np.dtype(np.uint8)  # the samples `write` takes (a lossless subclass records others)
+
     def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int],
                  config: RecorderConfig | None = None):
         self.path = Path(path)
@@ -246,9 +248,9 @@ class Recorder:
         if self.last_slot is not None and slot <= self.last_slot:
             return False
         height, width = image.shape[:2]
-        if (width, height) != self.size or image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise SkyfuseError(f"recording {self.path} takes {self.size[0]}x{self.size[1]} uint8 images, "
-                               f"got shape {image.shape} dtype {image.dtype}")
+        if (width, height) != self.size or image.dtype != self.dtype or image.ndim not in (2, 3):
+            raise SkyfuseError(f"recording {self.path} takes {self.size[0]}x{self.size[1]} {self.dtype} "
+                               f"images, got shape {image.shape} dtype {image.dtype}")
         if self.last_slot is None:
             self._first_slot = slot
         self._queue.put((image, slot - self._first_slot, time.perf_counter()))
