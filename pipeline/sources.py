@@ -15,7 +15,10 @@
                                 an optional `time_s` column gives presentation times; a blank cell is a
                                 missing frame (skipped, its time slot stays empty)
     FILE.png|.jpg|.tif|...      a single image
-    FILE                        anything else: a video file (fps from the file, times = index / fps)
+    FILE                        anything else: a video file (fps from the file, times = index / fps); a
+                                raw thermal recording (lossless FFV1 gray or gray16le, what `skyfuse run
+                                --record-thermal` writes) is recognised and replayed bit-exactly at its
+                                recorded times
 
 Visible frames are always BGR uint8 (H, W, 3); thermal frames gray (H, W) uint8 or uint16 (16-bit PNG
 and TIFF files are kept as uint16; AGC happens downstream). Image sequences without times run at `fps`
@@ -40,6 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -350,6 +354,53 @@ class CaptureSource(Source):
             self.capture.release()
 
 
+class RawRecordingSource(Source):
+    """A raw thermal recording (lossless FFV1 gray or gray16le, as `skyfuse run --record-thermal` writes it),
+    decoded through PyAV so that frames keep their 16 bits (OpenCV would hand them over as 8-bit BGR), at
+    the times they were recorded (from the first frame's). A damaged tail (a recording cut by a kill)
+    ends the replay after the last whole frame, counted once as a corrupt frame."""
+
+    live = False
+
+    def __init__(self, path: Path, stream: str, limit: int | None):
+        super().__init__(stream, limit)
+        self.path = path
+        self._container = av.open(str(path))
+        video = self._container.streams.video[0]
+        self.fps = float(video.average_rate or DEFAULT_SEQUENCE_FPS)
+        self.frame_count = self._limited(video.frames or None)  # Matroska does not say
+        self._frames = self._container.decode(video)
+        self._index = 0
+        self._start_s: float | None = None
+
+    def _next(self) -> SourceFrame | None:
+        try:
+            frame = next(self._frames, None)
+        except av.FFmpegError as exc:
+            raise CorruptFrame(f"{self.path} frame {self._index}: {exc}") from None
+        if frame is None:
+            return None
+        if self._start_s is None:
+            self._start_s = frame.time
+        i, self._index = self._index, self._index + 1
+        image = self._conform(frame.to_ndarray(), f"{self.path} frame {i}")
+        return SourceFrame(i, frame.time - self._start_s, image)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _is_raw_recording(path: Path) -> bool:
+    """Whether `path` holds a lossless gray video (FFV1 gray or gray16le): a raw thermal recording."""
+    try:
+        with av.open(str(path)) as container:
+            video = container.streams.video
+            return bool(video) and video[0].codec_context.name == "ffv1" and video[0].format.name in (
+                "gray", "gray16le")
+    except (av.FFmpegError, UnicodeDecodeError):
+        return False
+
+
 # ------------------------------------------------------------------------------------------- opening
 
 def open_source(spec: str, stream: str, *, fps: float | None = None, flight: FlightConfig | None = None,
@@ -413,6 +464,8 @@ def open_source(spec: str, stream: str, *, fps: float | None = None, flight: Fli
         return _sequence(files, stream, fps, frames)
     if target.suffix.lower() in IMAGE_SUFFIXES:
         return _sequence([target], stream, fps, frames)
+    if _is_raw_recording(target):
+        return RawRecordingSource(target, stream, frames)
     return CaptureSource(str(target), cv2.CAP_FFMPEG, str(target), stream, live=False, fps=fps, limit=frames,
                          failure=f"cannot read video file {spec} (not a video, or damaged)", **timeouts)
 
