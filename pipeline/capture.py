@@ -15,12 +15,20 @@ outage logged); its frames carry `stalled_s` (how long the source sent nothing b
 frames flow) and `reconnects` in their metadata, so later stages can show the outage. A corrupt or vanished
 file is logged once per reason and counted (`corrupt_frame`, `missing_file`); a video that ends before the
 frame count in its header is logged and its missing frames counted as `ended_early`.
+
+`--record PATH` (thermal only; `skyfuse run --record-thermal`) keeps every frame the stage captures,
+bit-exactly, in a raw recording (pipeline/thermal_recorder.py) with its seq and capture time: recorded here,
+before the network, so frames the send queue then drops are kept too. Frames a live replay skips unread
+(`late_skipped`) and a live source's frames before the run's epoch (`warmup`) were never captured for the
+run and are not recorded. In live mode a recorder that has fallen a whole queue behind loses the frame
+(counted as `raw_record_busy`) rather than hold up the capture; in lossless mode the capture waits for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import threading
 import time
@@ -28,6 +36,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from core.errors import SkyfuseError
 
 from .frame import EndOfStream, Frame
 from .keys import SENDER, add_keys_argument, link_keys
@@ -50,14 +60,18 @@ from .stage import (
     stop_on_signals,
 )
 from .stats import StageStats
+from .thermal_recorder import RawThermalRecorder, prepare_raw_recording
 from .wire import BLOCK, DROP_NEWEST, Sender, close_transport
 
 RATE_FRAMES = 15  # intervals over which a live stream's real frame rate is measured (half a second)
 
 
 class CaptureStage:
-    def __init__(self, source: Source, output: Sender, *, pace: bool, epoch_ns: int | None = None):
+    def __init__(self, source: Source, output: Sender, *, pace: bool, epoch_ns: int | None = None,
+                 record: Path | None = None):
         self.source, self.output, self.pace, self.epoch_ns = source, output, pace, epoch_ns
+        self.record_path = record  # raw recording of every captured frame, opened at the first frame
+        self.recorder: RawThermalRecorder | None = None
         self.name = f"capture.{source.stream}"
         self.stats = StageStats(self.name)
         self.first: SourceFrame | None = None  # read ahead for its geometry, sent first
@@ -123,6 +137,24 @@ class CaptureStage:
         """Send frames until the source ends or `stop` is set; then send end-of-stream. Returns stats."""
         if self.epoch_ns is None:
             self.epoch_ns = time.monotonic_ns()
+        try:
+            self._send_frames(stop)
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()  # every queued frame muxed, even when the loop failed
+        self.stats.drops.update(self.output.drops)
+        summary = self.stats.summary()
+        if self.recorder is not None:
+            summary["raw_recorded"] = self.recorder.frames
+        if self.source.live:
+            summary.update(reconnects=self.source.reconnects, signal_lost_s=round(self.signal_lost_s, 3))
+        eos = EndOfStream(self.source.stream, {"stats": {self.name: summary}})
+        if not self.output.send_eos(eos, timeout_ms=10_000) and not stop.is_set():
+            log(self.name, "no receiver took the end-of-stream message")
+        return summary
+
+    def _send_frames(self, stop: StopFlag) -> None:
+        """Read, record (with --record) and send each frame at its time, until the source ends or `stop`."""
         paced = self.pace and not self.source.live
         while not stop.is_set():
             if paced and not self.output.lossless and self.first is None:
@@ -136,6 +168,8 @@ class CaptureStage:
             if paced and media_ns > time.monotonic_ns():
                 stop.wait((media_ns - time.monotonic_ns()) / 1e9)
             capture_ns = time.monotonic_ns() if self.source.live else media_ns
+            if self.record_path is not None:
+                self._record(item, capture_ns)
             meta = {"fps": self.source.fps, "drops": self._drops()}
             if self.source.live:
                 meta.update(stalled_s=round(self._stalled_s, 3), reconnects=self.source.reconnects)
@@ -144,14 +178,17 @@ class CaptureStage:
             frame.stamp("capture")
             if self.output.send(frame):
                 self.stats.count_frame()
-        self.stats.drops.update(self.output.drops)
-        summary = self.stats.summary()
-        if self.source.live:
-            summary.update(reconnects=self.source.reconnects, signal_lost_s=round(self.signal_lost_s, 3))
-        eos = EndOfStream(self.source.stream, {"stats": {self.name: summary}})
-        if not self.output.send_eos(eos, timeout_ms=10_000) and not stop.is_set():
-            log(self.name, "no receiver took the end-of-stream message")
-        return summary
+
+    def _record(self, item: SourceFrame, capture_ns: int) -> None:
+        """Keep the captured frame in the raw recording (opened at the first frame: its size and type)."""
+        if self.recorder is None:
+            self.recorder = RawThermalRecorder(self.record_path, self.source.fps, item.image)
+        if not self.output.lossless and self.recorder.busy:
+            self.stats.drops["raw_record_busy"] += 1
+            self._log_once("raw_record_busy", "the raw recording is a second behind; frames it cannot take "
+                                              "are counted as raw_record_busy")
+            return
+        self.recorder.record(item.image, item.index, capture_ns)
 
     def _skip_late(self) -> None:
         """Live mode keeps a replay at real time as a camera would: frames already replaced by a newer one
@@ -232,10 +269,17 @@ def main(argv: list[str]) -> int:
                         help="monotonic-clock ns of media time 0, shared by the captures of one run")
     add_handshake_argument(parser)
     add_keys_argument(parser)
+    parser.add_argument("--record", metavar="PATH.mkv",
+                        help="keep every captured thermal frame bit-exactly (FFV1, lossless) with a sidecar "
+                             "of seqs and capture times (PATH.frames.jsonl)")
     parser.add_argument("--summary", help="also write the final statistics here (JSON): how `skyfuse run` "
                                           "reports a capture that ends after the fuse stage has finished")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.record:
+        if args.stream != "thermal":
+            raise SkyfuseError("--record keeps raw thermal frames: use it with --stream thermal")
+        prepare_raw_recording(args.record)  # a bad path fails before the source opens
     channel = LauncherChannel() if args.handshake else None
     die_with_parent()
     stop = stop_on_signals()
@@ -248,7 +292,8 @@ def main(argv: list[str]) -> int:
     pace = (args.pace or ("max" if lossless else "native")) == "native"
     output = Sender(args.output, policy=BLOCK if lossless else DROP_NEWEST, stamp="capture_sent", stop=stop,
                     keys=keys)
-    stage = CaptureStage(source, output, pace=pace, epoch_ns=args.epoch_ns)
+    stage = CaptureStage(source, output, pace=pace, epoch_ns=args.epoch_ns,
+                         record=Path(args.record) if args.record else None)
     try:
         if source.live and args.fps is None:
             stage.measure_rate(stop)
@@ -261,6 +306,9 @@ def main(argv: list[str]) -> int:
         source.close()
         output.close()
         close_transport()
+    # Done: a stop that arrives while the interpreter exits (a source that ended as the run stops) would
+    # otherwise meet the default handler and report a clean end as "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log(f"capture.{args.stream}", f"sent {summary['frames']} frames at {summary['fps']} fps, "
         f"drops {summary['drops'] or 'none'}")
     if args.summary:

@@ -67,6 +67,7 @@ class RunConfig:
     ready_timeout: float = 300.0  # seconds every stage has to start (a first-use export included)
     open_timeout: float | None = None  # seconds a camera or stream may take to open (default: the capture's)
     stall_timeout: float | None = None  # seconds without a frame after which a live source reconnects
+    record_thermal: str | None = None  # .mkv: every captured thermal frame, lossless, with capture times
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -77,6 +78,9 @@ class RunConfig:
             raise SkyfuseError(f"transport must be ipc or tcp, got {self.transport!r}")
         if Path(self.output).suffix.lower() not in (".mp4", ".mkv"):
             raise SkyfuseError(f"cannot record to {self.output}: use a .mp4 or .mkv file name")
+        if self.record_thermal and Path(self.record_thermal).resolve() == Path(self.output).resolve():
+            raise SkyfuseError(f"--record-thermal {self.record_thermal} would overwrite the fused recording "
+                               "(--output): give it another name")
         if not self.ready_timeout > 0:
             raise SkyfuseError(f"ready_timeout must be a positive number of seconds, got "
                                f"{self.ready_timeout}")
@@ -195,7 +199,8 @@ class Launcher:
             # The visible stream sets the run's length; the thermal capture runs until the run ends.
             argv += _flags(pace=c.pace, frames=c.frames if stream == "visible" else None, fps=c.fps,
                            summary=self._capture_summary(stream), keys=c.keys, open_timeout=c.open_timeout,
-                           stall_timeout=c.stall_timeout)
+                           stall_timeout=c.stall_timeout,
+                           record=c.record_thermal if stream == "thermal" else None)
             captures.append(StageProcess(f"capture.{stream}", argv))
         fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
                 "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
@@ -465,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thermal", help="thermal source (same kinds)")
     parser.add_argument("--output", help="recording (.mp4 fragmented, or .mkv)")
     parser.add_argument("--stats", help="statistics JSON (default: stats.json beside the recording)")
+    parser.add_argument("--record-thermal", metavar="PATH.mkv",
+                        help="also keep every captured thermal frame bit-exactly (lossless FFV1 in "
+                             "Matroska, 16 bits where the camera gives them) with PATH.frames.jsonl of seqs "
+                             "and capture times; replay it with --thermal PATH.mkv")
     parser.add_argument("--engine", help="fusion engine (blend, pyramid, onnxruntime, auto, ...)")
     parser.add_argument("--engine-options", help="engine options KEY=VALUE,... (e.g. model=skyfuse-rt)")
     parser.add_argument("--mode", choices=MODES, help="live (default) or lossless")
@@ -531,6 +540,10 @@ def check_config(config: RunConfig) -> None:
         raise SkyfuseError(f"unknown engine {config.engine!r}; choose from {', '.join(sorted(ENGINES))}")
     if config.calibration:
         Rig.load(config.calibration)
+    if config.record_thermal:
+        from .thermal_recorder import prepare_raw_recording
+
+        prepare_raw_recording(config.record_thermal)
     link_keys(config.keys, RECEIVER, SENDER)
 
     counts = {}
