@@ -1,0 +1,128 @@
+"""Raw thermal recording (`--record-thermal`): what a reviewer finds in the file and its sidecar, after a
+normal end and after a kill, and the recording replayed as a thermal source."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from test_end_to_end import SMALL, children_of, command_of, skyfuse, start_run, stats_of
+
+from pipeline.recorder import read_sidecar, read_video
+from pipeline.sources import RawRecordingSource, open_source, parse_synthetic_options
+from pipeline.synthetic import FlightConfig, SyntheticFlight
+from pipeline.thermal_recorder import RawThermalRecorder
+
+THERMAL16 = f"{SMALL},thermal_bits=16"
+
+
+def flight16() -> SyntheticFlight:
+    return SyntheticFlight(parse_synthetic_options(THERMAL16, FlightConfig()))
+
+
+def replay(path) -> list:
+    """Every frame of a raw recording, read as `skyfuse run --thermal PATH` reads it."""
+    source = open_source(str(path), "thermal")
+    assert isinstance(source, RawRecordingSource), "recognised as a raw recording, not a video for OpenCV"
+    with source:
+        return list(iter(source.read, None))
+
+
+def test_a_run_keeps_every_16_bit_thermal_frame_bit_exactly_and_pairs_it_with_the_fused_frames(tmp_path):
+    output, raw = tmp_path / "fused.mp4", tmp_path / "raw" / "thermal.mkv"  # its folder does not exist yet
+    result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal", f"synthetic:{THERMAL16}",
+                     "--frames", "30", "--mode", "lossless", "--engine", "blend", "--output", str(output),
+                     "--record-thermal", str(raw))
+    assert result.returncode == 0, result.stderr
+    records = read_sidecar(raw.with_name("thermal.mkv.frames.jsonl"))
+    frames = replay(raw)
+    assert len(frames) == len(records) == stats_of(output)["stages"]["capture.thermal"]["raw_recorded"] >= 30
+    assert [r["frame"] for r in records] == [r["seq"] for r in records] == list(range(len(records)))
+    flight = flight16()
+    for record, frame in zip(records, frames):
+        assert frame.image.dtype == np.uint16
+        assert np.array_equal(frame.image, flight.thermal_frame(record["seq"])), f"frame {record['seq']}"
+        assert frame.time_s == pytest.approx(flight.thermal_time(record["seq"]), abs=1e-3)
+    # A reviewer pairs each fused frame with its raw frame through the thermal seq in both sidecars.
+    by_seq = {r["seq"]: r for r in records}
+    fused = read_sidecar(output.with_name("fused.mp4.frames.jsonl"))
+    assert len(fused) == 30
+    for record in fused:
+        raw_record = by_seq[record["thermal"]["seq"]]
+        assert raw_record["capture_ns"] == record["thermal"]["capture_ns"]
+
+
+def test_a_thermal_capture_killed_mid_recording_leaves_every_frame_up_to_near_the_kill(tmp_path):
+    output, raw = tmp_path / "fused.mp4", tmp_path / "thermal.mkv"
+    process = start_run("--thermal", f"synthetic:{THERMAL16}", "--frames", "600", "--mode", "lossless",
+                        "--pace", "native", "--engine", "blend", "--output", str(output),
+                        "--record-thermal", str(raw))
+    sidecar = raw.with_name("thermal.mkv.frames.jsonl")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(read_sidecar(sidecar) if sidecar.exists() else []) < 45:
+        time.sleep(0.1)
+    capture = next(pid for pid in children_of(process.pid)
+                   if "capture" in command_of(pid).split() and "thermal" in command_of(pid).split())
+    os.kill(capture, signal.SIGKILL)
+    listed = len(read_sidecar(sidecar))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "stage capture.thermal killed by SIGKILL" in stderr
+    frames = replay(raw)
+    # Lost at most the cluster being built (0.5 s = 15 frames) and the frame being muxed.
+    assert listed >= 45 and len(frames) >= listed - 16
+    flight = flight16()
+    assert all(np.array_equal(frame.image, flight.thermal_frame(i)) for i, frame in enumerate(frames))
+    assert read_video(output).frames >= 30, "the fused recording is finalised as before"
+
+
+def test_a_raw_recording_replays_as_the_thermal_source_of_a_run(tmp_path):
+    flight, raw = flight16(), tmp_path / "thermal.mkv"
+    recorder = RawThermalRecorder(raw, 30, flight.thermal_frame(0))
+    with recorder:
+        for i in range(20):
+            recorder.record(flight.thermal_frame(i), i, int(flight.thermal_time(i) * 1e9))
+    output = tmp_path / "fused.mkv"
+    result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal", str(raw), "--frames", "20",
+                     "--mode", "lossless", "--engine", "blend", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    video = read_video(output)
+    assert video.frames == 20 and video.size == (320, 256)
+    stats = stats_of(output)
+    assert stats["stages"]["capture.thermal"]["frames"] == 20 and stats["drops_total"] == 0
+    fused = read_sidecar(output.with_name("fused.mkv.frames.jsonl"))
+    assert [r["thermal"]["seq"] for r in fused] == list(range(20)), "each visible frame met its thermal frame"
+
+
+def test_an_8_bit_camera_is_recorded_as_8_bit_and_frames_captured_in_one_millisecond_are_all_kept(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (31, 47), dtype=np.uint8) for _ in range(4)]  # odd sizes are fine
+    with RawThermalRecorder(tmp_path / "t.mkv", 9, images[0]) as recorder:
+        for i, image in enumerate(images):
+            recorder.record(image, 10 + i, 2_000_000_000 + (i // 2) * 111_111_111)  # two by two at once
+    frames = replay(tmp_path / "t.mkv")
+    assert [f.image.dtype for f in frames] == [np.uint8] * 4
+    assert all(np.array_equal(f.image, image) for f, image in zip(frames, images))
+    assert [round(f.time_s, 3) for f in frames] == [0, 0.001, 0.111, 0.112]
+    assert [r["seq"] for r in read_sidecar(tmp_path / "t.mkv.frames.jsonl")] == [10, 11, 12, 13]
+
+
+@pytest.mark.parametrize("target, message", [
+    ("{tmp}/folder.mkv", "Is a directory"),
+    ("{tmp}/a_file/raw.mkv", "cannot write recording"),
+    ("{tmp}/raw.mp4", "use a .mkv file name"),
+    ("{tmp}/out.mp4", "would overwrite the fused recording"),
+])
+def test_a_bad_raw_recording_path_is_one_clear_line_before_the_run_starts(tmp_path, target, message):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "folder.mkv").mkdir()
+    output = tmp_path / "out.mp4"
+    result = skyfuse("run", "--output", str(output), "--record-thermal", target.format(tmp=tmp_path),
+                     timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skyfuse run: error:"), result.stderr
+    assert message in lines[0]
+    assert not output.exists(), "nothing started"
