@@ -78,9 +78,13 @@ class RunConfig:
             raise SkyfuseError(f"transport must be ipc or tcp, got {self.transport!r}")
         if Path(self.output).suffix.lower() not in (".mp4", ".mkv"):
             raise SkyfuseError(f"cannot record to {self.output}: use a .mp4 or .mkv file name")
-        if self.record_thermal and Path(self.record_thermal).resolve() == Path(self.output).resolve():
-            raise SkyfuseError(f"--record-thermal {self.record_thermal} would overwrite the fused recording "
-                               "(--output): give it another name")
+        if self.record_thermal:
+            taken = {"the fused recording (--output)": self.output, "the thermal source": self.thermal,
+                     "the visible source": self.visible}
+            for what, path in taken.items():
+                if Path(self.record_thermal).resolve() == Path(path).resolve():
+                    raise SkyfuseError(f"--record-thermal {self.record_thermal} would overwrite {what}: "
+                                       "give it another name")
         if not self.ready_timeout > 0:
             raise SkyfuseError(f"ready_timeout must be a positive number of seconds, got "
                                f"{self.ready_timeout}")

@@ -114,15 +114,21 @@ def test_an_8_bit_camera_is_recorded_as_8_bit_and_frames_captured_in_one_millise
     ("{tmp}/a_file/raw.mkv", "cannot write recording"),
     ("{tmp}/raw.mp4", "use a .mkv file name"),
     ("{tmp}/out.mp4", "would overwrite the fused recording"),
+    ("{tmp}/replayed.mkv", "would overwrite the thermal source"),
 ])
 def test_a_bad_raw_recording_path_is_one_clear_line_before_the_run_starts(tmp_path, target, message):
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "folder.mkv").mkdir()
     output = tmp_path / "out.mp4"
-    result = skyfuse("run", "--output", str(output), "--record-thermal", target.format(tmp=tmp_path),
-                     timeout=60)
+    replayed = tmp_path / "replayed.mkv"
+    with RawThermalRecorder(replayed, 30, np.zeros((16, 16), np.uint16)) as recorder:
+        recorder.record(np.full((16, 16), 29315, np.uint16), 0, 0)
+    kept = replayed.read_bytes()
+    result = skyfuse("run", "--output", str(output), "--thermal", str(replayed),
+                     "--record-thermal", target.format(tmp=tmp_path), timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("skyfuse run: error:"), result.stderr
     assert message in lines[0]
     assert not output.exists(), "nothing started"
+    assert replayed.read_bytes() == kept, "what was recorded is never lost"
