@@ -36,7 +36,7 @@ from engines.base import Engine
 from engines.batching import BatchScheduler, StreamStats
 from engines.registry import create_engine
 
-from .agc import ThermalAGC
+from .agc import ThermalAGC, parse_agc_options
 from .frame import EndOfStream, Frame
 from .keys import RECEIVER, SENDER, add_keys_argument, link_keys
 from .pairing import Pair, Pairer, PairingPolicy
@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-wait", type=float, default=0.0,
                         help="seconds a ready pair may wait for a batch to fill (default 0)")
     parser.add_argument("--no-thumbnails", action="store_true", help="do not send input thumbnails (PiP)")
+    parser.add_argument("--agc", default="", metavar="KEY=VALUE,...",
+                        help="16-bit thermal AGC per camera pair: mode=linear|plateau, low_tail_pct, "
+                             "high_tail_pct, roi=x0,y0,x1,y1, plateau, linear_mix, smoothing, min_span, "
+                             "stride (default: linear, tails 1 %% and 0.2 %%; see README)")
     parser.add_argument("--warm-up", metavar="VISIBLE_WxH,THERMAL_WxH",
                         help="run the engine once at these camera sizes before taking frames (e.g. "
                              "1280x720,640x512), so the first frames are not slowed by its start-up")
@@ -369,6 +373,7 @@ def main(argv: list[str]) -> int:
     if args.batch < 1 or args.max_wait < 0:
         raise SkyfuseError("--batch must be at least 1 and --max-wait not negative")
     rigs = [Rig.load(path) if path else None for path in calibrations] * (count // len(calibrations))
+    agc = parse_agc_options(args.agc)
     lossless = args.mode == "lossless"
     size = parse_size(args.size) if args.size else None
     warm_up = parse_warm_up(args.warm_up) if args.warm_up else None
@@ -403,9 +408,9 @@ def main(argv: list[str]) -> int:
                                                        (ir, "thermal", thermal_size))]
             output = Sender(out, policy=BLOCK if lossless else DROP_NEWEST, stamp="fuse_sent", stop=stop,
                             keys=keys)
-            links.append(Link(name, *inputs, output, Pairer(policy), rig))
+            links.append(Link(name, *inputs, output, Pairer(policy), rig, ThermalAGC(agc)))
             log(links[-1].stats.stage, f"engine {engine.describe()}, pairing {policy.strategy}, "
-                                       f"time offset {offset:+.3f} s")
+                                       f"time offset {offset:+.3f} s, AGC {agc.to_options() or 'default'}")
         stage = FuseStage(links, engine, lossless=lossless, output_size=size, batch=args.batch,
                           max_wait_s=args.max_wait, thumbnails=not args.no_thumbnails)
         warm_up_s = 0.0

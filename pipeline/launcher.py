@@ -68,6 +68,7 @@ class RunConfig:
     open_timeout: float | None = None  # seconds a camera or stream may take to open (default: the capture's)
     stall_timeout: float | None = None  # seconds without a frame after which a live source reconnects
     record_thermal: str | None = None  # .mkv: every captured thermal frame, lossless, with capture times
+    agc: str | dict | None = None  # thermal AGC options: KEY=VALUE,... or a mapping (pipeline/agc.py)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -91,6 +92,10 @@ class RunConfig:
         if self.live_view is None and (self.live_view_host or self.live_view_token) is not None:
             raise SkyfuseError("a live view host or token needs a live view: add --live-view PORT "
                                "(live_view in a YAML config)")
+        if self.agc is not None:
+            from .agc import parse_agc_options  # (OpenCV only when asked)
+
+            self.agc = parse_agc_options(self.agc).to_options()  # refuses a bad one now
         if self.live_view_token is not None:
             from .liveview import access_token  # (OpenCV only when asked)
 
@@ -209,7 +214,7 @@ class Launcher:
         fuse = ["fuse", "--visible-in", ends["visible"], "--thermal-in", ends["thermal"],
                 "--output", ends["sink"], *mode, "--engine", c.engine, "--batch", str(c.batch)]
         fuse += _flags(calibration=self._calibration(), time_offset=c.time_offset, pairing=c.pairing,
-                       window=c.window, max_reuse=c.max_reuse, size=c.size, keys=c.keys)
+                       window=c.window, max_reuse=c.max_reuse, size=c.size, keys=c.keys, agc=c.agc or None)
         if c.engine_options:
             fuse += ["--engine-options", ",".join(f"{k}={v}" for k, v in c.engine_options.items())]
         if not c.pip:
@@ -480,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "and capture times; replay it with --thermal PATH.mkv")
     parser.add_argument("--engine", help="fusion engine (blend, pyramid, onnxruntime, auto, ...)")
     parser.add_argument("--engine-options", help="engine options KEY=VALUE,... (e.g. model=skyfuse-rt)")
+    parser.add_argument("--agc", metavar="KEY=VALUE,...",
+                        help="16-bit thermal AGC: mode=linear|plateau, low_tail_pct, high_tail_pct, "
+                             "roi=x0,y0,x1,y1, plateau, linear_mix, smoothing, min_span, stride "
+                             "(default: linear, tails 1 %% and 0.2 %%)")
     parser.add_argument("--mode", choices=MODES, help="live (default) or lossless")
     parser.add_argument("--pace", choices=("native", "max"),
                         help="replay rate of files and the synthetic flight")

@@ -15,7 +15,9 @@ construction; moving objects are flat polygons on the ground and obey it too.
 Cross-modal appearance. Temperature is not a function of colour: asphalt is dark and hot, metal roofs
 bright and cold, water dark and cold, canopies dark and cool, ploughed soil dark and warm, shadows cooler;
 the fine textures of the two maps are independent noise. People and vehicles wear colours close to the
-ground around them (hard to see in visible) but are 10-25 K warmer than it (bright in thermal).
+ground around them (hard to see in visible) but bright in thermal: people at 31-36 °C, car engines at
+42-48 °C. `time_of_day` sets the ground's temperatures: by day sun-heated asphalt and dark roofs
+(36-43 °C) are as hot as people; by night the ground lies at 1-16 °C and the movers stand out.
 
 Units. Thermal frames are uint8 with 5..45 °C mapped linearly to 0..255 (`thermal_bits=8`), or uint16 raw
 counts in centikelvin, (T + 273.15) * 100 (`thermal_bits=16`, needs AGC). Distances are in world pixels,
@@ -59,6 +61,9 @@ class FlightConfig:
     speed_variation: float = 0.0
     visible_noise: float = 2.0  # std of visible sensor noise, grey levels
     thermal_noise_k: float = 0.15  # std of temporal thermal noise (NETD), kelvin
+    # surface temperatures of a sunny afternoon (asphalt and dark roofs hotter than people) or of a clear
+    # night (people and engines the warmest things); the visible map is the same daylight picture for both
+    time_of_day: str = "day"
     people: int = 40  # walkers scattered along the flight path
     vehicles: int = 12  # cars driving back and forth on the roads
 
@@ -80,6 +85,9 @@ class FlightConfig:
         if min(self.people, self.vehicles) < 0 or min(self.speed_px_s, self.visible_noise,
                                                         self.thermal_noise_k) < 0:
             raise SkyfuseError("synthetic flight: counts, speed and noise levels must not be negative")
+        if self.time_of_day not in TIMES_OF_DAY:
+            raise SkyfuseError(f"synthetic flight: time_of_day must be day or night, got "
+                               f"{self.time_of_day!r}")
         if not 0.0 <= self.speed_variation <= 0.9:
             raise SkyfuseError(f"synthetic flight: speed_variation must be 0..0.9, got "
                                f"{self.speed_variation}")
@@ -133,15 +141,28 @@ def _project(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ ground map
 
-# material: (BGR colour 0..255, surface temperature °C)
-_SOIL, _GRASS = ((70, 100, 125), 27.0), ((60, 125, 85), 19.0)
-_CROPS = [((55, 140, 95), 18.0), ((90, 175, 195), 25.0), ((50, 75, 100), 31.0), ((75, 150, 120), 21.0)]
-_WATER = ((70, 62, 35), 11.0)
-_ASPHALT, _TRACK = ((82, 84, 88), 36.0), ((130, 160, 180), 29.0)
-_ROOFS = [((55, 65, 150), 31.0), ((180, 180, 175), 7.0), ((58, 58, 62), 43.0), ((120, 130, 140), 27.0)]
-_CANOPY, _ROCK = ((40, 85, 45), 16.0), ((135, 135, 130), 30.0)
+# material: (BGR colour 0..255, surface temperature °C by day, by night). By day (a sunny afternoon) the
+# sun heats dark, dry surfaces: asphalt and tar roofs are hotter than people, shade and water are cool. On a
+# clear night (air about 10 °C) surfaces cool by radiation to the sky: grass and metal roofs drop below the
+# air, water and asphalt, which store the day's heat, stay warmest; the ground spans about 1..16 °C.
+_SOIL, _GRASS = ((70, 100, 125), 27.0, 10.0), ((60, 125, 85), 19.0, 6.0)
+_CROPS = [((55, 140, 95), 18.0, 7.0), ((90, 175, 195), 25.0, 9.0), ((50, 75, 100), 31.0, 11.0),
+          ((75, 150, 120), 21.0, 8.0)]
+_WATER = ((70, 62, 35), 11.0, 13.0)
+_ASPHALT, _TRACK = ((82, 84, 88), 36.0, 16.0), ((130, 160, 180), 29.0, 11.0)
+_ROOFS = [((55, 65, 150), 31.0, 9.0), ((180, 180, 175), 7.0, 1.0), ((58, 58, 62), 43.0, 8.0),
+          ((120, 130, 140), 27.0, 11.0)]
+_CANOPY, _ROCK = ((40, 85, 45), 16.0, 10.0), ((135, 135, 130), 30.0, 13.0)
+# by day / by night: spread of the ground's own warmth field (sun exposure, soil water), kelvin a cast
+# shadow is cooler (none without sun), kelvin car bodies lie below their day temperature (27..31 °C), and
+# kelvin an engine hood lies above its car's body (42..46 °C by day, 44..48 °C by night)
+_WARMTH_K = {"day": 2.0, "night": 1.0}
+_SHADOW_COOL_K = {"day": 4.0, "night": 0.0}
+_CAR_COOLER_K = {"day": 0.0, "night": 13.0}
+_HOOD_WARMER_K = {"day": 15.0, "night": 30.0}
+TIMES_OF_DAY = ("day", "night")
 _SHADOW_DIR = np.array([0.8, 0.6])  # shadows fall towards +x, +y in world px
-_SHADOW_DARKEN, _SHADOW_COOL_K = 0.5, 4.0
+_SHADOW_DARKEN = 0.5
 
 
 def _noise_field(rng: np.random.Generator, size: int, cells: int, octaves: int = 1) -> np.ndarray:
@@ -167,14 +188,16 @@ class _Ground:
     in local windows. Full-map work is done per channel with OpenCV: 3-channel float temporaries of a
     3000² map cost more in page faults than in arithmetic."""
 
-    def __init__(self, size: int, rng: np.random.Generator):
+    def __init__(self, size: int, rng: np.random.Generator, time_of_day: str):
         self.size, self.rng = size, rng
+        self.night = time_of_day == "night"  # which temperature of each material (index 1 + night)
         grass = np.clip(_affine(_noise_field(rng, size, 5, 3), 1.6, 0.5), 0, 1)
         self.colour = cv2.merge([cv2.convertScaleAbs(grass, alpha=g - s, beta=s)  # both ends >= 0
                                  for g, s in zip(_GRASS[0], _SOIL[0])])
         # temperature follows its own low-frequency field (sun exposure, soil water) besides the cover
-        warmth = _affine(_noise_field(rng, size, 7, 2), 2.0, _SOIL[1])
-        self.temp = cv2.scaleAdd(grass, _GRASS[1] - _SOIL[1], warmth)
+        soil, grass_c = _SOIL[1 + self.night], _GRASS[1 + self.night]
+        warmth = _affine(_noise_field(rng, size, 7, 2), _WARMTH_K[time_of_day], soil)
+        self.temp = cv2.scaleAdd(grass, grass_c - soil, warmth)
         self.shadow = np.zeros((size, size), np.float32)
 
     def paint(self, mask: np.ndarray, x0: int, y0: int, material: tuple, temp_var: np.ndarray | float = 0.0,
@@ -194,7 +217,7 @@ class _Ground:
             colour = np.float32(material[0]) * shade[local][..., None].astype(np.float32)
             old = self.colour[win].astype(np.float32)
             self.colour[win] = np.clip(old + a[..., None] * (colour - old) + 0.5, 0, 255).astype(np.uint8)
-            self.temp[win] += a * (material[1] + temp_var[local] - self.temp[win])
+            self.temp[win] += a * (material[1 + self.night] + temp_var[local] - self.temp[win])
 
     def shade(self, factor: np.ndarray) -> None:
         """Multiply the colour map by a per-pixel float factor."""
@@ -298,9 +321,10 @@ def _draw_rocks(g: _Ground, count: int) -> None:
         g.paint(mask, x0, y0, _ROCK)
 
 
-def _render_ground(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list]:
-    """(colour uint8 BGR, temperature float32 °C, roads) of a size×size map."""
-    g = _Ground(size, rng)
+def _render_ground(size: int, rng: np.random.Generator,
+                   time_of_day: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """(colour uint8 BGR, temperature float32 °C at `time_of_day`, roads) of a size×size map."""
+    g = _Ground(size, rng, time_of_day)
     area = (size / 1000) ** 2  # features are counted per million map pixels (1 px ~ 10 cm: per 10 000 m²)
     _draw_fields(g, int(3 * area) + 1)
     _draw_ponds(g, int(0.4 * area) + 1)
@@ -310,7 +334,7 @@ def _render_ground(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     _draw_rocks(g, int(12 * area) + 2)
     shadow = cv2.GaussianBlur(g.shadow, (0, 0), 1.5)
     g.shade(_affine(shadow, _SHADOW_DARKEN - 1, 1.0))
-    g.temp = cv2.scaleAdd(shadow, -_SHADOW_COOL_K, g.temp)
+    g.temp = cv2.scaleAdd(shadow, -_SHADOW_COOL_K[time_of_day], g.temp)
     for mask, x0, y0 in canopies:
         leaves = 1 + 0.25 * _noise_field(rng, mask.shape[0], 40)
         g.paint(mask, x0, y0, _CANOPY, temp_var=0.8 * leaves, shade=leaves)
@@ -328,7 +352,6 @@ _PERSON = np.stack([np.cos(np.linspace(0, 2 * np.pi, 8, endpoint=False)) * 1.5,
 _CAR = np.array([[-22, -9], [22, -9], [22, 9], [-22, 9]], float)
 _HOOD = np.array([[10, -9], [22, -9], [22, 9], [10, 9]], float)  # front of the car: the engine
 # (template, visible shade or None = not seen in visible, kelvin above the mover's temperature)
-_CAR_SHAPES = ((_CAR, 1.0, 0.0), (_HOOD, 0.6, 15.0))
 _PERSON_SHAPES = ((_PERSON * 1.7, None, -6.0), (_PERSON, 1.0, 0.0))  # warm halo: heat and optics blur
 
 
@@ -397,7 +420,7 @@ class SyntheticFlight:
         self._centre = np.array([size / 2, size / 2])
         self._omega = cfg.speed_px_s / (0.85 * reach)  # rad/s around the loop, about speed_px_s on the ground
         self._angle0 = rng.uniform(0, 2 * math.pi)
-        colour, temp, roads = _render_ground(size, rng)
+        colour, temp, roads = _render_ground(size, rng, cfg.time_of_day)
         self._people, self._cars = self._place_movers(rng, colour, roads)
 
         self._thermal_dtype = np.uint8 if cfg.thermal_bits == 8 else np.uint16
@@ -447,7 +470,8 @@ class SyntheticFlight:
         t = self.visible_time(index)
         m = self.world_to_visible(t)
         frame = cv2.warpAffine(self._visible_map, m[:2], self.config.visible_size, flags=cv2.INTER_NEAREST)
-        self._draw_movers(frame, m, t, thermal=False)
+        self._draw_movers(frame, m, t, lambda number, movers, i, shade, warmer: None if shade is None
+                          else tuple(float(c) * shade for c in movers.colour[i]))
         return cv2.add(frame, self._noise_slice(self._visible_noise, frame.shape, index, stream=0))
 
     def thermal_frame(self, index: int) -> np.ndarray:
@@ -455,7 +479,8 @@ class SyntheticFlight:
         t = self.thermal_time(index) + self.config.time_offset_s
         m = self.visible_to_thermal @ self.world_to_visible(t)
         frame = cv2.warpPerspective(self._thermal_map, m, self.config.thermal_size, flags=cv2.INTER_LINEAR)
-        self._draw_movers(frame, m, t, thermal=True)
+        self._draw_movers(frame, m, t, lambda number, movers, i, shade, warmer:
+                          int(self._to_thermal_units(movers.temp[i] + warmer)))
         frame = cv2.add(frame, self._thermal_fixed)
         return cv2.add(frame, self._noise_slice(self._thermal_noise, frame.shape, index, stream=1))
 
@@ -466,6 +491,15 @@ class SyntheticFlight:
     def movers_at(self, t: float) -> np.ndarray:
         """Map positions (n, 2) of all people then all vehicles at scene time t (for tests and labels)."""
         return np.concatenate([self._people.at(t)[0], self._cars.at(t)[0]])
+
+    def thermal_targets(self, index: int) -> np.ndarray:
+        """(H, W) int32 map of thermal frame `index`: 0 on the ground, k + 1 on the pixels that mover k (as
+        numbered by movers_at: people, then vehicles) covers in it, warm halo and engine included."""
+        t = self.thermal_time(index) + self.config.time_offset_s
+        labels = np.zeros(self.config.thermal_size[::-1], np.int32)
+        self._draw_movers(labels, self.visible_to_thermal @ self.world_to_visible(t), t,
+                          lambda number, movers, i, shade, warmer: int(number) + 1)
+        return labels
 
     # ------------------------------------------------------------------------------- construction
     def _place_movers(self, rng: np.random.Generator, colour: np.ndarray, roads: list) -> tuple:
@@ -490,7 +524,8 @@ class SyntheticFlight:
         middle = (starts + ends) / 2 + lane
         paint = np.array([(60, 60, 60), (150, 150, 150), (40, 50, 90), (90, 80, 60), (70, 90, 80)], float)
         cars = _Movers(middle, direction, length, rng.uniform(60, 130, m), rng.uniform(0, 1, m),
-                       paint[rng.integers(len(paint), size=m)], rng.uniform(27, 31, m))
+                       paint[rng.integers(len(paint), size=m)],
+                       rng.uniform(27, 31, m) - _CAR_COOLER_K[cfg.time_of_day])
         return people, cars
 
     def _thermal_scale(self) -> float:
@@ -525,9 +560,15 @@ class SyntheticFlight:
         dy, dx = np.random.default_rng((self.config.seed, stream, index)).integers(0, self._noise_pad, 2)
         return bank[dy:dy + shape[0], dx:dx + shape[1]]
 
-    def _draw_movers(self, frame: np.ndarray, world_to_image: np.ndarray, t: float, thermal: bool) -> None:
+    def _draw_movers(self, frame: np.ndarray, world_to_image: np.ndarray, t: float, fill) -> None:
+        """Draw the movers in view into `frame` (seen through `world_to_image` at time t), each shape filled
+        with fill(number in movers_at, movers, index in them, visible shade or None, kelvin above the
+        mover), or left out where that is None. Shapes are antialiased in visible only: thermal values and
+        labels stay exact."""
         h, w = frame.shape[:2]
-        for movers, shapes in ((self._cars, _CAR_SHAPES), (self._people, _PERSON_SHAPES)):
+        cars = ((_CAR, 1.0, 0.0), (_HOOD, 0.6, _HOOD_WARMER_K[self.config.time_of_day]))
+        people = len(self._people.temp)
+        for movers, shapes, first in ((self._cars, cars, people), (self._people, _PERSON_SHAPES, 0)):
             pos, heading = movers.at(t)
             image_pos = _project(world_to_image, pos)
             inside = np.flatnonzero((image_pos[:, 0] > -40) & (image_pos[:, 0] < w + 40)
@@ -535,12 +576,9 @@ class SyntheticFlight:
             for i in inside:
                 rot = np.array([[heading[i, 0], -heading[i, 1]], [heading[i, 1], heading[i, 0]]])
                 for template, shade, warmer in shapes:
-                    if thermal:
-                        value = int(self._to_thermal_units(movers.temp[i] + warmer))
-                    elif shade is None:
+                    value = fill(first + i, movers, i, shade, warmer)
+                    if value is None:
                         continue
-                    else:
-                        value = tuple(float(c) * shade for c in movers.colour[i])
                     pts = _project(world_to_image, pos[i] + template @ rot.T)
                     cv2.fillConvexPoly(frame, np.round(pts * 16).astype(np.int32), value,
-                                       cv2.LINE_8 if thermal else cv2.LINE_AA, 4)
+                                       cv2.LINE_AA if frame.ndim == 3 else cv2.LINE_8, 4)

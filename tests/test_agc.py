@@ -1,7 +1,13 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from test_end_to_end import SMALL, skyfuse, stats_of
+from test_synthetic import SMALL as SMALL_FLIGHT
 
-from pipeline.agc import AGCConfig, ThermalAGC
+from core.errors import SkyfuseError
+from pipeline.agc import AGCConfig, ThermalAGC, parse_agc_options
+from pipeline.synthetic import SyntheticFlight
 
 
 def _scene(low: int, high: int, seed: int = 0) -> np.ndarray:
@@ -15,7 +21,7 @@ def test_uint8_frames_pass_through_unchanged():
 
 def test_percentiles_stretch_to_the_full_8_bit_range():
     frame = _scene(29000, 31000)
-    out = ThermalAGC(AGCConfig(smoothing=0.0, stride=1))(frame)
+    out = ThermalAGC(AGCConfig(high_tail_pct=1.0, smoothing=0.0, stride=1))(frame)
     assert out.dtype == np.uint8 and out.shape == frame.shape
     lo, hi = np.percentile(frame, [1, 99])
     assert np.all(out[frame <= lo] == 0) and np.all(out[frame >= hi] == 255)
@@ -60,8 +66,112 @@ def test_other_arrays_are_rejected(frame):
         ThermalAGC()(frame)
 
 
-@pytest.mark.parametrize("config", [AGCConfig(low_pct=60, high_pct=40), AGCConfig(smoothing=1.0),
-                                    AGCConfig(min_span=0)])
+@pytest.mark.parametrize("config", [AGCConfig(low_tail_pct=60, high_tail_pct=40), AGCConfig(smoothing=1.0),
+                                    AGCConfig(min_span=0), AGCConfig(mode="fancy"),
+                                    AGCConfig(roi=(0.5, 0, 0.2, 1)), AGCConfig(plateau=0.5)])
 def test_bad_configuration_is_rejected(config):
-    with pytest.raises(ValueError):
+    with pytest.raises(SkyfuseError):
         ThermalAGC(config)
+
+
+def _ground_with_a_hot_target(hot_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ground at 10..20 °C (centikelvin), its hottest 2 % at 25 °C (sunlit asphalt), and a square target at
+    35 °C covering `hot_fraction` of the frame; returns the frame and the target's mask."""
+    frame = _scene(28315, 29315)
+    frame[:, :3] = 29815  # 480 of 20 480 px: about 2 % of hot background
+    side = round((hot_fraction * frame.size) ** 0.5)
+    target = np.zeros(frame.shape, bool)
+    target[60:60 + side, 80:80 + side] = True
+    frame[target] = 30815
+    return frame, target
+
+
+def test_the_hot_tail_clips_only_what_it_says_so_a_small_target_stays_above_the_hot_background():
+    frame, target = _ground_with_a_hot_target(0.003)  # a car: 0.3 % of the frame
+    asphalt = np.zeros(frame.shape, bool)
+    asphalt[:, :3] = True
+    old = ThermalAGC(AGCConfig(high_tail_pct=1.0, stride=1))(frame)
+    new = ThermalAGC(AGCConfig(high_tail_pct=0.2, stride=1))(frame)
+    # 1-99: the target is clipped to the same white as the background's hottest pixels
+    assert old[target].min() == 255 and old[asphalt].mean() > 250
+    # 0.2 %: the tail is smaller than the target, so the target sets white and the asphalt stays below
+    assert new[target].min() == 255 and new[asphalt].max() < 200
+    ground = ~target & ~asphalt
+    assert new[target].mean() - new[ground].mean() > old[target].mean() - old[ground].mean()
+
+
+def test_plateau_mode_is_monotonic_bounded_and_gives_a_crowded_range_more_levels():
+    rng = np.random.default_rng(3)
+    frame = np.clip(rng.normal(29000, 60, (128, 160)), 0, 65535).astype(np.uint16)  # a narrow crowd
+    frame[:, :16] = rng.integers(29500, 33000, (128, 16))  # a sparse hot tenth
+    linear = ThermalAGC(AGCConfig(smoothing=0.0, stride=1))(frame)
+    plateau = ThermalAGC(AGCConfig(mode="plateau", smoothing=0.0, stride=1))(frame)
+    assert plateau.dtype == np.uint8 and plateau.min() == 0 and plateau.max() == 255
+    order = np.argsort(frame.ravel(), kind="stable")
+    assert np.all(np.diff(plateau.ravel()[order].astype(int)) >= 0)
+    crowd = frame[:, 16:]
+    assert np.ptp(plateau[:, 16:][crowd < 29100]) > 2 * np.ptp(linear[:, 16:][crowd < 29100])
+
+
+@pytest.mark.parametrize("mode", ["linear", "plateau"])
+def test_the_region_of_interest_keeps_a_sky_out_of_the_mapping(mode):
+    ground = _scene(28315, 29315)
+    config = AGCConfig(mode=mode, roi=(0.0, 1 / 3, 1.0, 1.0), smoothing=0.0)
+    reference = ThermalAGC(config)(ground)[50:]
+    for sky in (23315, 35315):  # -40 °C clear sky, 60 °C sunlit cloud
+        frame = ground.copy()
+        frame[:42] = sky  # the top third (the region of interest starts at row 42)
+        with_roi = ThermalAGC(config)(frame)
+        without = ThermalAGC(replace(config, roi=(0.0, 0.0, 1.0, 1.0)))(frame)
+        assert np.abs(with_roi[50:].astype(int) - reference).max() <= 1
+        assert np.abs(without[50:].astype(int) - reference).mean() > 30  # the sky would take the levels
+        assert with_roi[:42].min() in (0, 255) and with_roi[:42].min() == with_roi[:42].max()
+
+
+@pytest.mark.parametrize("mode", ["linear", "plateau"])
+@pytest.mark.parametrize("time_of_day", ["day", "night"])
+def test_a_static_view_does_not_flicker_while_people_and_cars_move(mode, time_of_day):
+    flight = SyntheticFlight(replace(SMALL_FLIGHT, thermal_bits=16, time_of_day=time_of_day,
+                                     speed_px_s=0.0, people=30, vehicles=6))
+    agc = ThermalAGC(AGCConfig(mode=mode))
+    means = [agc(flight.thermal_frame(i)).mean() for i in range(40)]
+    assert np.abs(np.diff(means)).mean() < 1.0
+
+
+def test_options_read_from_text_and_yaml_alike():
+    text = parse_agc_options("mode=plateau,roi=0,0.33,1,1,high_tail_pct=0.1,stride=2")
+    assert text == AGCConfig(mode="plateau", roi=(0, 0.33, 1, 1), high_tail_pct=0.1, stride=2)
+    assert parse_agc_options({"mode": "plateau", "roi": [0, 0.33, 1, 1], "high_tail_pct": 0.1,
+                              "stride": 2}) == text
+    assert parse_agc_options(text.to_options()) == text and parse_agc_options("") == AGCConfig()
+
+
+@pytest.mark.parametrize("options, message", [
+    ("mode=fancy", "AGC mode must be linear or plateau, got 'fancy'"),
+    ("roi=0,0.5,1", "AGC roi must be x0,y0,x1,y1"),
+    ("high_tail_pct=-1", "AGC tails must be >= 0 %"),
+    ("high_tail_pct=lots", "AGC option high_tail_pct='lots' is not a valid value (float)"),
+    ("gain=2", "unknown AGC option 'gain'"),
+    ("plateau", "--agc: expected KEY=VALUE, got 'plateau'"),
+])
+def test_bad_agc_options_give_one_clear_line_through_skyfuse_run(tmp_path, options, message):
+    result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal",
+                     f"synthetic:{SMALL},thermal_bits=16", "--output", str(tmp_path / "out.mp4"),
+                     "--agc", options, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skyfuse run: error:"), result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_run_fuses_16_bit_thermal_with_the_agc_options_from_its_yaml(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("agc: {mode: plateau, roi: [0, 0.33, 1, 1]}\n")
+    output = tmp_path / "fused.mp4"
+    result = skyfuse("run", "--config", str(config), "--visible", f"synthetic:{SMALL}", "--thermal",
+                     f"synthetic:{SMALL},thermal_bits=16", "--frames", "15", "--mode", "lossless",
+                     "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "AGC mode=plateau,roi=0.0,0.33,1.0,1.0" in result.stderr
+    assert stats_of(output)["frames_recorded"] == 15

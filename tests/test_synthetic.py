@@ -153,10 +153,30 @@ def test_16_bit_thermal_is_centikelvin_of_an_outdoor_scene():
     assert high - low > 255  # more levels than 8 bits hold: AGC needed
 
 
+def test_thermal_targets_label_the_warm_people_and_vehicles_in_view():
+    night = SyntheticFlight(replace(SMALL, thermal_bits=16, time_of_day="night", people=60, vehicles=12))
+    index = next(i for i in range(0, 900, 10) if len(np.unique(night.thermal_targets(i))) > 2)
+    labels, frame = night.thermal_targets(index), night.thermal_frame(index).astype(float) / 100 - 273.15
+    assert labels.shape == frame.shape and labels.dtype == np.int32
+    numbers = np.unique(labels[labels > 0])
+    assert numbers.max() <= 72 and labels.sum() > 0
+    for number in numbers:  # every labelled mover is warmer than the night ground around it
+        assert frame[labels == number].mean() > 24
+    assert frame[labels == 0].max() < 20 and np.percentile(frame[labels == 0], 50) < 12
+
+
+def test_by_day_sunlit_asphalt_and_roofs_are_as_hot_as_people():
+    day = SyntheticFlight(replace(SMALL, thermal_bits=16, thermal_size=(320, 256)))
+    frames = [day.thermal_frame(i).astype(float) / 100 - 273.15 for i in range(0, 900, 90)]
+    ground = np.concatenate([f[day.thermal_targets(i * 90) == 0] for i, f in enumerate(frames)])
+    assert np.percentile(ground, 99.5) > 31  # the ground's hottest half percent: a person's temperature
+
+
 @pytest.mark.parametrize("change,message", [({"thermal_bits": 12}, "thermal_bits"),
                                             ({"visible_fps": 0.0}, "visible_fps"),
                                             ({"thermal_size": (8, 8)}, "thermal_size"),
-                                            ({"people": -1}, "negative")])
+                                            ({"people": -1}, "negative"),
+                                            ({"time_of_day": "dusk"}, "time_of_day")])
 def test_bad_configuration_is_a_clear_error(change, message):
     with pytest.raises(SkyfuseError, match=message):
         SyntheticFlight(replace(SMALL, **change))
