@@ -108,6 +108,8 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.pairs < 1 or args.frames < 1 or args.max_offset <= 0:
         raise SkyfuseError("--pairs, --frames and --max-offset must be positive")
+    if not 0 <= args.min_confidence <= 1:
+        raise SkyfuseError(f"--min-confidence must be within 0..1, got {args.min_confidence}")
     low, high = args.fov_ratio
     if not 0 < low < high:
         raise SkyfuseError(f"--fov-ratio needs 0 < MIN < MAX, got {low}:{high}")
