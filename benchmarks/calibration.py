@@ -6,6 +6,12 @@ Synthetic: for each case (seed, field-of-view ratio, roll, mounting offset, time
 the table gives the mean corner error of the homography at 640×512 and the time-offset error in visible
 frames, beside the method's own estimates of both.
 
+Rigs from real aligned pairs (skipped when ../shared/data/roadscene is absent): 8 RoadScene pairs per
+rig (day, night or a seeded mix) seen through a known rig (calibration.aligned_rig: the visible camera
+sees a wider field, the thermal one is rolled and shifted) and calibrated as stills (`--time-offset 0`);
+the table gives the true mean and max corner error beside the method's own estimate and confidence, and
+whether `skyfuse calibrate` would write the rig or refuse it.
+
 WiSARD (skipped when ../shared/data/wisard is absent): each sequence's frames are timed by their file
 numbers at an assumed 30 fps; the table gives the edge alignment (NCC of gradient magnitudes) and the
 mutual information of the thermal image and the warped visible image, before (plain resize) and after,
@@ -29,9 +35,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from calibration.clips import clip_from_source
+from benchmarks.machine import machine_line
+from calibration.aligned_rig import RigSpec, render_pair, true_homography
+from calibration.clips import clip_from_render, clip_from_source
 from calibration.features import edge_strength, mutual_information, ncc, to_float, to_gray
-from calibration.footage import FootageConfig, corner_error
+from calibration.footage import MIN_CONFIDENCE, FootageConfig, corner_distances, corner_error
 from calibration.overlay import before_after, write_png
 from calibration.solve import FootageCalibrationConfig, calibrate_footage, pick_pairs
 from calibration.synthetic_clips import synthetic_clips
@@ -41,9 +49,11 @@ from core.warp import warp as warp_homography
 from engines.registry import create_engine
 from pipeline.agc import ThermalAGC
 from pipeline.synthetic import FlightConfig
+from training.data import find_pairs
 from training.synth import warp
 
 WISARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wisard"
+ROADSCENE = WISARD.parent / "roadscene"
 WISARD_FPS = 30.0  # assumed: the sample frames carry numbers, not times
 
 # seed, fov_ratio, rotation_deg, offset_px, time_offset_s, thermal_fps
@@ -54,6 +64,72 @@ CASES = [
     (3, 2.5, -3.0, (-20.0, 10.0), 0.2, 9.0),
     (4, 1.8, 5.0, (5.0, -25.0), -0.12, 30.0),
 ]
+
+
+# name, scene subset (day: the 8 brightest visible images by median, night: the 8 darkest, mix-N: 8
+# drawn with seed N), rig; thermal 320×256 is about RoadScene's own infrared resolution over the
+# thermal view, the last rig upsamples it twice (detail the data does not have)
+REAL_RIGS = [
+    ("day-1.9x", "day", RigSpec(1.9, 3.0, (0.05, -0.03))),
+    ("night-1.9x", "night", RigSpec(1.9, 3.0, (0.05, -0.03))),
+    ("mix0-1.5x", "mix-0", RigSpec(1.5, -2.0, (-0.08, 0.05))),
+    ("mix1-2.0x", "mix-1", RigSpec(2.0, 5.0, (0.06, 0.06), (800, 600), (384, 288))),
+    ("mix2-1.7x", "mix-2", RigSpec(1.7, -4.0, (0.0, -0.06))),
+    ("day-1.9x-640", "day", RigSpec(1.9, 3.0, (0.05, -0.03), (640, 480), (640, 512))),
+]
+REAL_PAIRS = 8
+
+
+def scene_subset(root: Path, subset: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """REAL_PAIRS aligned (visible BGR, infrared gray) pairs of a subset of REAL_RIGS."""
+    paths = find_pairs(root)
+    if subset.startswith("mix-"):
+        rng = np.random.default_rng(int(subset[4:]))
+        chosen = [paths[i] for i in sorted(rng.choice(len(paths), REAL_PAIRS, replace=False))]
+    else:
+        brightness = [float(np.median(cv2.imread(str(p.visible), cv2.IMREAD_GRAYSCALE))) for p in paths]
+        order = np.argsort(brightness)
+        chosen = [paths[i] for i in (order[-REAL_PAIRS:] if subset == "day" else order[:REAL_PAIRS])]
+    return [(cv2.imread(str(p.visible)), cv2.imread(str(p.thermal), cv2.IMREAD_GRAYSCALE)) for p in chosen]
+
+
+def real_rig_row(name: str, subset: str, spec: RigSpec, pairs: list) -> dict:
+    """Calibrate the stills of `pairs` seen through `spec`, as `skyfuse calibrate --time-offset 0` does."""
+    frames = [render_pair(v, t, spec) for v, t in pairs]
+    times = np.arange(len(frames)) / 30.0
+    visible = clip_from_render("visible", times, lambda i: frames[i][0])
+    thermal = clip_from_render("thermal", times, lambda i: frames[i][1])
+    row = {"rig": name, "subset": subset, "fov_ratio": spec.fov_ratio, "roll_deg": spec.roll_deg,
+           "shift": list(spec.shift), "visible_size": list(spec.visible_size),
+           "thermal_size": list(spec.thermal_size)}
+    start = time.perf_counter()
+    try:
+        rig = calibrate_footage(visible, thermal, FootageCalibrationConfig(time_offset_s=0.0))
+    except SkyfuseError as exc:
+        return {**row, "error": str(exc), "seconds": time.perf_counter() - start}
+    distances = corner_distances(rig.visible_to_thermal, true_homography(spec), spec.thermal_size)
+    estimated = rig.quality["corner_error_px"]
+    return {**row, "corner_error_px": float(distances.mean()), "corner_error_max_px": float(distances.max()),
+            "estimated_corner_error_px": estimated,
+            "estimate_over_truth": estimated / float(distances.mean()) if estimated else None,
+            "confidence": rig.quality["confidence"], "fov_ratio_found": _fov_ratio(rig),
+            "written": rig.quality["confidence"] >= MIN_CONFIDENCE, "seconds": time.perf_counter() - start}
+
+
+def _fov_ratio(rig: Rig) -> float:
+    """The visible/thermal field-of-view width ratio a rig's homography implies (its linear part)."""
+    matrix = rig.visible_to_thermal / rig.visible_to_thermal[2, 2]
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
+    return scale * rig.visible_size[0] / rig.thermal_size[0]
+
+
+def real_rig_rows(root: Path = ROADSCENE) -> list[dict]:
+    """A row per REAL_RIGS entry; none without the data (said so)."""
+    if not root.is_dir():
+        print(f"skipped the rigs from real aligned pairs: no RoadScene folder at {root}")
+        return []
+    subsets = {subset: scene_subset(root, subset) for subset in dict.fromkeys(r[1] for r in REAL_RIGS)}
+    return [real_rig_row(name, subset, spec, subsets[subset]) for name, subset, spec in REAL_RIGS]
 
 
 def synthetic_row(case, seconds: float) -> dict:
@@ -199,7 +275,32 @@ def wisard_row(sequence: Path, out: Path, fov_ratio: tuple[float, float] | None,
     return row
 
 
+def _print_real(rows: list[dict]) -> None:
+    print(f"\nrigs from real aligned pairs (RoadScene, {REAL_PAIRS} stills each; min confidence "
+          f"{MIN_CONFIDENCE})")
+    print(f"{'rig':<13} {'subset':<6} {'thermal':>8} {'fov':>4} {'found':>6} | {'true mean':>9} {'max':>5} "
+          f"{'estimated':>9} {'est/true':>8} {'conf':>5} {'rig file':>8} {'time s':>6}")
+    for r in rows:
+        size = "x".join(map(str, r["thermal_size"]))
+        head = f"{r['rig']:<13} {r['subset']:<6} {size:>8} {r['fov_ratio']:>4}"
+        if "error" in r:
+            print(f"{head} {'':>6} | refused: {r['error']}")
+            continue
+        nan = float("nan")
+        print(f"{head} {r['fov_ratio_found']:>6.3f} | {r['corner_error_px']:>9.2f} "
+              f"{r['corner_error_max_px']:>5.2f} {r['estimated_corner_error_px'] or nan:>9.2f} "
+              f"{r['estimate_over_truth'] or nan:>8.2f} {r['confidence']:>5.2f} "
+              f"{'written' if r['written'] else 'refused':>8} {r['seconds']:>6.1f}")
+
+
 def _print_tables(synthetic: list[dict], wisard: list[dict]) -> None:
+    if synthetic:
+        _print_synthetic(synthetic)
+    if wisard:
+        _print_wisard(wisard)
+
+
+def _print_synthetic(synthetic: list[dict]) -> None:
     print("synthetic flights (thermal 640x512)")
     print(
         f"{'seed':>4} {'fov':>4} {'roll':>5} {'dt s':>6} {'th fps':>6} | {'corner px':>9} {'est px':>6} "
@@ -216,27 +317,29 @@ def _print_tables(synthetic: list[dict], wisard: list[dict]) -> None:
             f"{r['offset_error_frames']:>+9.2f} {r['estimated_offset_uncertainty_s'] or float('nan'):>9.4f} "
             f"{r['confidence']:>5.2f} {r['seconds']:>6.1f}"
         )
-    if wisard:
-        print("\nWiSARD (frames timed by file number at 30 fps)")
-        print(f"{'sequence':<36} {'edge NCC':>15} {'MI':>13} {'offset fr':>9} {'± s':>6} {'conf':>5}")
-        for r in wisard:
-            if "error" in r:
-                print(f"{r['sequence']:<36} refused: {r['error']}")
-                continue
-            print(
-                f"{r['sequence']:<36} {r['edge_ncc_before']:>6.3f} -> {r['edge_ncc_after']:<5.3f} "
-                f"{r['mi_before']:>5.3f} -> {r['mi_after']:<5.3f} {r['time_offset_visible_frames']:>+9.2f} "
-                f"{r['time_offset_uncertainty_s'] or float('nan'):>6.3f} {r['confidence']:>5.2f}"
-            )
-            if "first_attempt_error" in r:
-                print(f"    first attempt refused ({r['first_attempt_error']}); offset 0 used")
-        print("\nWiSARD, skyfuse-rt after the rig pre-warp (edge NCC in the visible frame)")
-        print(f"{'sequence':<36} {'rig':>6} {'network':>8} {'control':>8} {'better':>7} {'flow px':>8}")
-        for r in wisard:
-            if "error" not in r:
-                better = f"{r['frames_improved_by_network']}/{r['frames']}"
-                print(f"{r['sequence']:<36} {r['edge_ncc_rig']:>6.3f} {r['edge_ncc_network']:>8.3f} "
-                      f"{r['edge_ncc_control']:>8.3f} {better:>7} {r['network_flow_px']:>8.1f}")
+
+
+def _print_wisard(wisard: list[dict]) -> None:
+    print("\nWiSARD (frames timed by file number at 30 fps)")
+    print(f"{'sequence':<36} {'edge NCC':>15} {'MI':>13} {'offset fr':>9} {'± s':>6} {'conf':>5}")
+    for r in wisard:
+        if "error" in r:
+            print(f"{r['sequence']:<36} refused: {r['error']}")
+            continue
+        print(
+            f"{r['sequence']:<36} {r['edge_ncc_before']:>6.3f} -> {r['edge_ncc_after']:<5.3f} "
+            f"{r['mi_before']:>5.3f} -> {r['mi_after']:<5.3f} {r['time_offset_visible_frames']:>+9.2f} "
+            f"{r['time_offset_uncertainty_s'] or float('nan'):>6.3f} {r['confidence']:>5.2f}"
+        )
+        if "first_attempt_error" in r:
+            print(f"    first attempt refused ({r['first_attempt_error']}); offset 0 used")
+    print("\nWiSARD, skyfuse-rt after the rig pre-warp (edge NCC in the visible frame)")
+    print(f"{'sequence':<36} {'rig':>6} {'network':>8} {'control':>8} {'better':>7} {'flow px':>8}")
+    for r in wisard:
+        if "error" not in r:
+            better = f"{r['frames_improved_by_network']}/{r['frames']}"
+            print(f"{r['sequence']:<36} {r['edge_ncc_rig']:>6.3f} {r['edge_ncc_network']:>8.3f} "
+                  f"{r['edge_ncc_control']:>8.3f} {better:>7} {r['network_flow_px']:>8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,11 +350,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="two synthetic cases, shorter clips")
     parser.add_argument("--seconds", type=float, default=8.0, help="synthetic clip length")
+    parser.add_argument("--only", choices=("synthetic", "real", "wisard"), help="run one part only")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    print(machine_line())
     cases = CASES[:2] if args.quick else CASES
-    synthetic = [synthetic_row(case, 4.0 if args.quick else args.seconds) for case in cases]
-    sequences = sorted(p for p in WISARD.iterdir() if p.is_dir()) if WISARD.is_dir() else []
+    run = {args.only} if args.only else {"synthetic", "real", "wisard"}
+    seconds = 4.0 if args.quick else args.seconds
+    synthetic = [synthetic_row(case, seconds) for case in cases] if "synthetic" in run else []
+    real = real_rig_rows() if "real" in run else []
+    wisard_on = "wisard" in run and WISARD.is_dir()
+    sequences = sorted(p for p in WISARD.iterdir() if p.is_dir()) if wisard_on else []
     wisard, fov_ratio = [], None
     engine = create_engine("onnxruntime", model="skyfuse-rt", threads=2) if sequences else None
     for sequence in sorted(sequences, key=lambda p: -len(list((p / "thermal").iterdir()))):
@@ -260,9 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             fov_ratio = (0.85 * row["fov_ratio"], 1.15 * row["fov_ratio"])
         wisard.append(row)
     _print_tables(synthetic, wisard)
+    if real:
+        _print_real(real)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"synthetic": synthetic, "wisard": wisard}, indent=2) + "\n")
+        result = {"synthetic": synthetic, "real_rigs": real, "wisard": wisard, "machine": machine_line()}
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

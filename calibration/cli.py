@@ -4,13 +4,14 @@ or from a target, and write a before/after overlay PNG beside it."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from core.errors import SkyfuseError
 from core.rig import Rig
 
 from .clips import clip_from_source
-from .footage import MODELS, FootageConfig
+from .footage import MIN_CONFIDENCE, MODELS, FootageConfig
 from .overlay import before_after, write_png
 from .solve import FootageCalibrationConfig, calibrate_footage, calibrate_target, pick_pairs
 from .target import PATTERNS, TargetConfig
@@ -63,6 +64,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pairs", type=int, default=8, help="footage: frame pairs used for the geometry (default 8)"
     )
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=MIN_CONFIDENCE,
+        metavar="C",
+        help=f"footage: refuse to write a rig whose confidence is below C (default {MIN_CONFIDENCE})",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="footage: write the rig even below --min-confidence"
+    )
     p.add_argument("--pattern", choices=PATTERNS, default="checkerboard", help="target: board type")
     p.add_argument(
         "--grid",
@@ -97,6 +108,8 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.pairs < 1 or args.frames < 1 or args.max_offset <= 0:
         raise SkyfuseError("--pairs, --frames and --max-offset must be positive")
+    if not 0 <= args.min_confidence <= 1:
+        raise SkyfuseError(f"--min-confidence must be within 0..1, got {args.min_confidence}")
     low, high = args.fov_ratio
     if not 0 < low < high:
         raise SkyfuseError(f"--fov-ratio needs 0 < MIN < MAX, got {low}:{high}")
@@ -115,6 +128,7 @@ def main(argv: list[str]) -> int:
             temporal=TemporalConfig(max_offset_s=args.max_offset),
         )
         rig = calibrate_footage(visible, thermal, config)
+        _check_confidence(rig, args.min_confidence, args.force)
     else:
         rig = calibrate_target(visible, thermal, TargetConfig(args.pattern, args.grid), args.time_offset)
     rig.save(output)
@@ -122,6 +136,22 @@ def main(argv: list[str]) -> int:
     write_png(picture, _overlay(visible, thermal, rig))
     print(_summary(rig, output, picture))
     return 0
+
+
+def _check_confidence(rig: Rig, minimum: float, force: bool) -> None:
+    """Refuse a footage rig below `minimum` confidence (no file is written), or warn when forced."""
+    q = rig.quality
+    if q["confidence"] >= minimum:
+        return
+    problem = (
+        f"calibration confidence {q['confidence']} is below {minimum} (estimated corner error "
+        f"{q['corner_error_px']} px, edge NCC {q['edge_ncc_after']}, best/runner-up match "
+        f"{q.get('search_contrast')}): the footage barely constrains the geometry"
+    )
+    if not force:
+        raise SkyfuseError(f"{problem}; no rig written. Use footage with more shared texture (more pairs, "
+                           "daylight), or --force to write it anyway")
+    print(f"warning: {problem}; written anyway (--force)", file=sys.stderr)
 
 
 def _overlay(visible, thermal, rig: Rig):
