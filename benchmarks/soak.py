@@ -78,16 +78,25 @@ def main() -> int:
         argv = [sys.executable, "-m", "pipeline", "run", "--config", str(DEMO), "--frames",
                 str(int(args.seconds * 30)), "--output", str(output), "--stats",
                 str(Path(tmp) / "stats.json"), *args.run_args]
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   text=True)
+        # The stages log a progress line a second to the run's stderr: a pipe read only at the end would
+        # fill after some minutes and block every stage, so the log goes to a file.
+        log_path = Path(tmp) / "run.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         started, samples = time.monotonic(), {}
+        deadline = args.seconds * 1.2 + 120  # a run that stops recording must not hold the benchmark forever
         while process.poll() is None:
+            if time.monotonic() - started > deadline:
+                process.terminate()
+                process.wait()
+                raise SystemExit(f"skyfuse run still going after {deadline:.0f} s:\n"
+                                 f"{log_path.read_text()[-2000:]}")
             for pid in children(process.pid):
                 name, mib = stage_name(pid), rss_mib(pid)
                 if name and mib is not None:
                     samples.setdefault(name, []).append((time.monotonic() - started, mib))
             time.sleep(args.every)
-        stderr = process.stderr.read()
+        stderr = log_path.read_text()
         if process.returncode != 0:
             raise SystemExit(f"skyfuse run failed (exit {process.returncode}):\n{stderr[-2000:]}")
         stats = json.loads((Path(tmp) / "stats.json").read_text())
