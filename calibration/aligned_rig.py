@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from core.errors import SkyfuseError
+from core.warp import warp
 
 
 @dataclass(frozen=True)
@@ -75,4 +76,4 @@ def render_pair(visible: np.ndarray, thermal: np.ndarray, spec: RigSpec) -> tupl
     grow = spec.visible_size[0] > source[0]
     frame = cv2.resize(visible, spec.visible_size, interpolation=cv2.INTER_LINEAR if grow else cv2.INTER_AREA)
     to_thermal = true_homography(spec) @ _resize_matrix(source, spec.visible_size)
-    return frame, cv2.warpPerspective(thermal, to_thermal, spec.thermal_size, flags=cv2.INTER_LINEAR)
+    return frame, warp(thermal, to_thermal, spec.thermal_size)

@@ -2,7 +2,9 @@
 output pixel), bilinear, pixel centres at integer coordinates, zeros outside the source.
 
 Every warp by the rig goes through `warp` (the fuse stage's pre-warp, engines' default `fuse_unwarped`,
-int8 calibration frames, calibration overlays); engines/device_warp.py does the same on a torch device.
+int8 calibration frames, calibration overlays, rigs built from aligned pairs); engines/device_warp.py does
+the same on a torch device. (Footage calibration's search warps each candidate matrix once: no rig, nothing
+to cache, so it calls cv2.warpPerspective itself.)
 The sampling maps are computed once per homography and sizes and kept in fixed point (cv2.convertMaps),
 which makes each frame's warp about twice as fast as cv2.warpPerspective; the last MAX_CACHED are kept.
 """
