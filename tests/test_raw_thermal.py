@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from test_end_to_end import SMALL, children_of, command_of, skyfuse, start_run, stats_of
+from test_end_to_end import SMALL, alive, children_of, command_of, skyfuse, start_run, stats_of
 
 from pipeline.recorder import read_sidecar, read_video
 from pipeline.sources import RawRecordingSource, open_source, parse_synthetic_options
@@ -76,6 +76,47 @@ def test_a_thermal_capture_killed_mid_recording_leaves_every_frame_up_to_near_th
     flight = flight16()
     assert all(np.array_equal(frame.image, flight.thermal_frame(i)) for i, frame in enumerate(frames))
     assert read_video(output).frames >= 30, "the fused recording is finalised as before"
+
+
+def kill_every_process_at_once(launcher: int) -> list[int]:
+    """What a power cut or the OOM killer does to a run: every process of it dies at the same instant, so
+    no stage gets to finish a file (each stage is its own session, so killing the launcher's group would
+    only stop the launcher, and its stages would then end cleanly). All are stopped first, so none can
+    react to another's death, then killed. Returns the stage pids."""
+    stages = children_of(launcher)
+    for pid in (launcher, *stages):
+        os.kill(pid, signal.SIGSTOP)
+    stages = children_of(launcher)  # one started meanwhile is stopped too
+    for pid in (launcher, *stages):
+        os.kill(pid, signal.SIGSTOP)
+    for pid in (*stages, launcher):
+        os.kill(pid, signal.SIGKILL)
+    return stages
+
+
+def test_a_whole_run_killed_at_once_leaves_a_raw_recording_bit_exact_to_the_captured_frames(tmp_path):
+    output, raw = tmp_path / "fused.mkv", tmp_path / "thermal.mkv"
+    process = start_run("--thermal", f"synthetic:{THERMAL16}", "--frames", "900", "--mode", "live",
+                        "--engine", "blend", "--output", str(output), "--record-thermal", str(raw))
+    sidecar = raw.with_name("thermal.mkv.frames.jsonl")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(read_sidecar(sidecar) if sidecar.exists() else []) < 60:
+        time.sleep(0.1)
+    stages = kill_every_process_at_once(process.pid)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL and len(stages) == 4
+    for pid in stages:
+        while alive(pid):  # reaped by init once the launcher is gone
+            time.sleep(0.05)
+    records = read_sidecar(sidecar)
+    frames = replay(raw)
+    # Lost: at most the cluster being built (0.5 s = 15 frames) and the frame being muxed.
+    assert len(records) >= 60 and len(records) - 16 <= len(frames) <= len(records)
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    flight = flight16()
+    for record, frame in zip(records, frames):
+        assert np.array_equal(frame.image, flight.thermal_frame(record["seq"])), f"seq {record['seq']}"
+    assert read_video(output).frames >= 30, "the fused recording survives the same kill"
 
 
 def test_a_raw_recording_replays_as_the_thermal_source_of_a_run(tmp_path):
