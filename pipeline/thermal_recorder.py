@@ -41,6 +41,16 @@ TIME_BASE = Fraction(1, 1000)  # Matroska's own resolution
 RAW_QUEUE_FRAMES = 30  # a second at 30 fps that the encoder may fall behind (a busy core) before it blocks
 
 
+def ffv1_options(config: RecorderConfig) -> dict[str, str]:
+    """The FFV1 encoder's options: FFV1_OPTIONS and the configured `extra_options` (e.g. slices)."""
+    return {**FFV1_OPTIONS, **config.extra_options}
+
+
+def ffv1_threads(config: RecorderConfig) -> int:
+    """Threads FFV1 encodes a frame's slices on: as configured, else FFmpeg's own choice (0)."""
+    return config.threads
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
     """The sidecar beside a raw recording: `PATH.frames.jsonl`."""
     path = Path(path)
@@ -108,10 +118,12 @@ class RawThermalRecorder(Recorder):
         self._container = av.open(str(self.path), "w", format="matroska",
                                   container_options=_container_options("matroska", self.config))
         try:
-            self._stream = self._container.add_stream("ffv1", rate=self.rate, options=FFV1_OPTIONS)
+            self._stream = self._container.add_stream("ffv1", rate=self.rate,
+                                                      options=ffv1_options(self.config))
             self._stream.width, self._stream.height = self.size
             self._stream.pix_fmt = self.pixel_format
             self._stream.time_base = self._stream.codec_context.time_base = TIME_BASE
+            self._stream.codec_context.thread_count = ffv1_threads(self.config)
             self._stream.codec_context.open()
         except (av.FFmpegError, ValueError) as exc:
             self._container.close()
