@@ -45,14 +45,15 @@ from pipeline.thermal_recorder import (
 )
 
 SIZES = ((320, 256), (640, 512), (1280, 1024))
-# FFV1 settings compared by --variants: name -> (encoder threads, 0 = FFmpeg's choice; extra FFV1 options).
+# FFV1 settings compared by --variants: name -> (encoder threads; extra FFV1 options). threads=3 is what
+# FFmpeg picks by itself on 2 cores (one more than the cores), the recorder's default before one per core.
 # `slices` is the number of slices a frame is cut into (each one coded alone, so threads can share a frame);
 # `coder` 0 is Golomb-Rice, 1 the range coder, 2 the range coder with a custom state table; `context` 1
 # the large context model; `slicecrc` 0 drops the per-slice CRC that finds damage (shown for its cost).
 VARIANTS = {
     "threads=1": (1, {}),
     "threads=2": (2, {}),
-    "threads=auto": (0, {}),
+    "threads=3": (3, {}),
     "threads=2 slices=4": (2, {"slices": "4"}),
     "threads=2 slices=16": (2, {"slices": "16"}),
     "threads=2 slices=30": (2, {"slices": "30"}),

@@ -33,7 +33,15 @@ import numpy as np
 
 from core.errors import SkyfuseError
 
-from .recorder import Recorder, RecorderConfig, Sidecar, _container_options, _prepare_output, load_sidecar
+from .recorder import (
+    Recorder,
+    RecorderConfig,
+    Sidecar,
+    _container_options,
+    _prepare_output,
+    encoder_threads,
+    load_sidecar,
+)
 
 PIXEL_FORMATS = {np.dtype(np.uint8): "gray", np.dtype(np.uint16): "gray16le"}
 FFV1_OPTIONS = {"level": "3", "g": "1", "slicecrc": "1"}  # intra-only: every frame decodes on its own
@@ -47,8 +55,11 @@ def ffv1_options(config: RecorderConfig) -> dict[str, str]:
 
 
 def ffv1_threads(config: RecorderConfig) -> int:
-    """Threads FFV1 encodes a frame's slices on: as configured, else FFmpeg's own choice (0)."""
-    return config.threads
+    """Threads FFV1 encodes a frame's slices on: as configured, else one per core (FFmpeg's own choice,
+    one more than the cores, only oversubscribes a small machine). No FFV1 option lowers the work a frame
+    costs (benchmarks/raw_thermal.py --variants: slices, coder, context, slice CRCs all within 1 % of CPU
+    time at 1280x1024); threads only spread it over cores that are free."""
+    return encoder_threads(config)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
