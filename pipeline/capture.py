@@ -171,6 +171,8 @@ class CaptureStage:
             if self.record_path is not None:
                 self._record(item, capture_ns)
             meta = {"fps": self.source.fps, "drops": self._drops()}
+            if item.capture_ns is not None:  # a replayed recording: the capture time it was recorded with
+                meta["recorded_capture_ns"] = item.capture_ns
             if self.source.live:
                 meta.update(stalled_s=round(self._stalled_s, 3), reconnects=self.source.reconnects)
             frame = Frame(stream=self.source.stream, seq=item.index, capture_ns=capture_ns, image=item.image,

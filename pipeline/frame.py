@@ -16,10 +16,11 @@ expected):
   MIN_FPS..MAX_FPS; counters are integers in 0..MAX_INT; no number is NaN or infinite.
 - frame metadata, per stream (`STREAMS[stream].meta`; any other key is refused): `fps`, `drops` (the
   sender's cumulative drops so far, `stage:reason` -> count) on every stream, and from a live source
-  `stalled_s` (seconds without a frame before this one: the signal was lost) and `reconnects`; the fused
-  stream adds
+  `stalled_s` (seconds without a frame before this one: the signal was lost) and `reconnects`; a thermal
+  frame replayed from a raw recording carries `recorded_capture_ns` (the capture time it was recorded
+  with, on the recording run's clock; its seq is the recorded one); the fused stream adds
   `engine` and `link` (text) and `thermal` (the partner thermal frame: seq, capture_ns, dt_ms, reuse,
-  stamps).
+  stamps, and recorded_capture_ns when it has one).
 - statistics flow on one channel: each frame's `drops` carries the running counts, for the live HUD; the
   end-of-stream's `stats` (stage name -> that stage's summary: frames, fps, drops, latency, ...) carries
   the final ones and replaces them. The fused end-of-stream adds `complete` (whether the fuse stage saw its
@@ -151,7 +152,7 @@ def _fields(value, spec: dict[str, Callable[[object], bool]]) -> str | None:
 
 def _partner(value) -> bool:
     return _fields(value, {"seq": _count, "capture_ns": _count, "dt_ms": _number, "reuse": _count,
-                           "stamps": _counters}) is None
+                           "stamps": _counters, "recorded_capture_ns": _count}) is None
 
 
 def _latency(value) -> bool:
@@ -187,7 +188,7 @@ _CAMERA_META = {"fps": _rate, "drops": _counters, "stalled_s": lambda v: _number
                 "reconnects": _count}
 STREAMS: dict[str, StreamSpec] = {
     "visible": StreamSpec(("bgr8",), {}, _CAMERA_META),
-    "thermal": StreamSpec(("gray8", "gray16"), {}, _CAMERA_META),
+    "thermal": StreamSpec(("gray8", "gray16"), {}, {**_CAMERA_META, "recorded_capture_ns": _count}),
     "fused": StreamSpec(("bgr8",), {"visible": ("bgr8",), "thermal": ("gray8",)},
                         {**_CAMERA_META, "engine": _text, "link": _text, "thermal": _partner}),
 }

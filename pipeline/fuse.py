@@ -226,6 +226,8 @@ class FuseStage:
                 "thermal": {"seq": pair.thermal.seq, "capture_ns": pair.thermal.capture_ns,
                             "dt_ms": round(pair.dt_s * 1e3, 3), "reuse": pair.reuse,
                             "stamps": pair.thermal.stamps}}
+        if "recorded_capture_ns" in pair.thermal.meta:  # replayed from a raw recording: its original time
+            meta["thermal"]["recorded_capture_ns"] = pair.thermal.meta["recorded_capture_ns"]
         if "fps" in source.meta:
             meta["fps"] = source.meta["fps"]
         box = (fused.shape[1] // THUMBNAIL_SCALE, fused.shape[0] // THUMBNAIL_SCALE)

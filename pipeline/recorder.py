@@ -356,14 +356,22 @@ class Sidecar:
 
 def read_sidecar(path: str | os.PathLike) -> list[dict]:
     """The records of a sidecar; a torn last line (the writer was killed mid-line) is left out."""
+    return load_sidecar(path)[0]
+
+
+def load_sidecar(path: str | os.PathLike) -> tuple[list[dict], int]:
+    """The records of a sidecar and how many torn last lines were left out (0 or 1): a writer killed
+    mid-line leaves a line without its end, or, after a power cut, a tail the disk never got (zero bytes).
+    An unreadable line elsewhere is damage, not a kill: it raises json.JSONDecodeError."""
     lines = Path(path).read_text(encoding="utf-8").split("\n")
     records = [json.loads(line) for line in lines[:-1] if line]
-    if lines[-1]:
-        try:
-            records.append(json.loads(lines[-1]))
-        except json.JSONDecodeError:
-            pass
-    return records
+    if not lines[-1]:
+        return records, 0
+    try:
+        records.append(json.loads(lines[-1]))
+    except json.JSONDecodeError:
+        return records, 1
+    return records, 0
 
 
 @dataclass

@@ -49,8 +49,9 @@ import numpy as np
 
 from core.errors import SkyfuseError
 
-from .stage import split_options
+from .stage import log, split_options
 from .synthetic import FlightConfig, SyntheticFlight, config_field_types
+from .thermal_recorder import PIXEL_FORMATS, read_frame_identities, sidecar_path
 
 STREAMS = ("visible", "thermal")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm", ".ppm", ".webp")
@@ -62,9 +63,11 @@ RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0)  # waits before successive reconnect
 
 @dataclass
 class SourceFrame:
-    index: int  # position in the source (image sequences: row, so missing frames leave gaps)
+    index: int  # position in the source (image sequences: row, so missing frames leave gaps; a raw
+    # recording: the seq the frame was captured with)
     time_s: float  # presentation time from the stream start
     image: np.ndarray
+    capture_ns: int | None = None  # a replayed raw recording: the capture time the frame was recorded with
 
 
 class CorruptFrame(Exception):
@@ -358,13 +361,19 @@ class RawRecordingSource(Source):
     """A raw thermal recording (lossless FFV1 gray or gray16le, as `skyfuse run --record-thermal` writes it),
     decoded through PyAV so that frames keep their 16 bits (OpenCV would hand them over as 8-bit BGR), at
     the times they were recorded (from the first frame's). A damaged tail (a recording cut by a kill)
-    ends the replay after the last whole frame, counted once as a corrupt frame."""
+    ends the replay after the last whole frame, counted once as a corrupt frame.
+
+    Identity: each frame keeps the seq and capture time its sidecar (`PATH.frames.jsonl`) lists for it, so
+    what a replay fuses pairs with the original run and its raw frames. Without a readable sidecar the
+    frames are numbered from 0, with a one-line warning; a torn last line (a kill mid-line) is left out
+    and said once."""
 
     live = False
 
     def __init__(self, path: Path, stream: str, limit: int | None):
         super().__init__(stream, limit)
         self.path = path
+        self.name = f"capture.{stream}"
         self._container = av.open(str(path))
         video = self._container.streams.video[0]
         self.fps = float(video.average_rate or DEFAULT_SEQUENCE_FPS)
@@ -372,6 +381,24 @@ class RawRecordingSource(Source):
         self._frames = self._container.decode(video)
         self._index = 0
         self._start_s: float | None = None
+        self.identities, self.torn_lines = self._read_identities()
+        self._unlisted = 0  # frames the sidecar does not list (a foreign or damaged sidecar)
+
+    def _read_identities(self) -> tuple[dict[int, tuple[int, int]] | None, int]:
+        side = sidecar_path(self.path)
+        try:
+            identities, torn = read_frame_identities(self.path)
+        except OSError as exc:
+            why = "it has no sidecar" if isinstance(exc, FileNotFoundError) else f"cannot read {side}"
+            log(self.name, f"replaying {self.path} with frames renumbered from 0: {why} ({side.name}), so "
+                           "seqs and capture times are not the original ones")
+            return None, 0
+        except SkyfuseError as exc:
+            log(self.name, f"replaying {self.path} with frames renumbered from 0: {exc}")
+            return None, 0
+        if torn:
+            log(self.name, f"{side}: left out {torn} torn last line (the recording was cut mid-write)")
+        return identities, torn
 
     def _next(self) -> SourceFrame | None:
         try:
@@ -379,26 +406,56 @@ class RawRecordingSource(Source):
         except av.FFmpegError as exc:
             raise CorruptFrame(f"{self.path} frame {self._index}: {exc}") from None
         if frame is None:
+            self._say_unreplayed()
             return None
         if self._start_s is None:
             self._start_s = frame.time
         i, self._index = self._index, self._index + 1
         image = self._conform(frame.to_ndarray(), f"{self.path} frame {i}")
-        return SourceFrame(i, frame.time - self._start_s, image)
+        seq, capture_ns = self._identity(i)
+        return SourceFrame(seq, frame.time - self._start_s, image, capture_ns)
+
+    def _identity(self, position: int) -> tuple[int, int | None]:
+        """The recorded seq and capture time of the frame at `position` in the file; renumbered without a
+        sidecar, and continuing from the last listed seq for a frame the sidecar does not list."""
+        if self.identities is None:
+            return position, None
+        if position in self.identities:
+            return self.identities[position]
+        if not self._unlisted:
+            log(self.name, f"{sidecar_path(self.path)} does not list frame {position} of {self.path} or "
+                           "later ones: they are numbered on from the last listed seq, without capture times")
+        self._unlisted += 1
+        listed = [p for p in self.identities if p < position]
+        last = max(listed, default=None)
+        return (position if last is None else self.identities[last][0] + position - last), None
+
+    def _say_unreplayed(self) -> None:
+        """At the end of the file: say how many frames the sidecar lists past it (lost with a kill)."""
+        if self.identities is None:
+            return
+        past = sum(p >= self._index for p in self.identities)
+        if past:
+            log(self.name, f"{self.path} ends after {self._index} frames; its sidecar lists {past} more that "
+                           "the file lost (cut by a kill)")
+            self.identities = {p: v for p, v in self.identities.items() if p < self._index}  # said once
 
     def close(self) -> None:
         self._container.close()
 
 
-def _is_raw_recording(path: Path) -> bool:
-    """Whether `path` holds a lossless gray video (FFV1 gray or gray16le): a raw thermal recording."""
+def _probe(path: Path) -> tuple[str, str | None] | None:
+    """The codec and pixel format of a file's first video stream; the format is None when not one frame
+    of it can be decoded (a recording cut inside its first frame); None when the file does not open as a
+    video (not a video, or a recording cut before its first frame)."""
     try:
         with av.open(str(path)) as container:
-            video = container.streams.video
-            return bool(video) and video[0].codec_context.name == "ffv1" and video[0].format.name in (
-                "gray", "gray16le")
+            if not container.streams.video:
+                return None
+            video = container.streams.video[0]
+            return video.codec_context.name, video.format.name if video.format is not None else None
     except (av.FFmpegError, UnicodeDecodeError):
-        return False
+        return None
 
 
 # ------------------------------------------------------------------------------------------- opening
@@ -464,8 +521,12 @@ def open_source(spec: str, stream: str, *, fps: float | None = None, flight: Fli
         return _sequence(files, stream, fps, frames)
     if target.suffix.lower() in IMAGE_SUFFIXES:
         return _sequence([target], stream, fps, frames)
-    if _is_raw_recording(target):
+    probe = _probe(target)
+    if probe is not None and probe[0] == "ffv1" and probe[1] in PIXEL_FORMATS.values():
         return RawRecordingSource(target, stream, frames)
+    if sidecar_path(target).is_file() and (probe is None or probe[1] is None):
+        raise SkyfuseError(f"recording {spec} holds no whole frame: it was cut (killed) before its first "
+                           "frame reached the disk")
     return CaptureSource(str(target), cv2.CAP_FFMPEG, str(target), stream, live=False, fps=fps, limit=frames,
                          failure=f"cannot read video file {spec} (not a video, or damaged)", **timeouts)
 

@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from test_end_to_end import SMALL, children_of, command_of, skyfuse, start_run, stats_of
+from test_end_to_end import SMALL, alive, children_of, command_of, skyfuse, start_run, stats_of
 
-from pipeline.recorder import read_sidecar, read_video
+from core.errors import SkyfuseError
+from pipeline.recorder import load_sidecar, read_sidecar, read_video
 from pipeline.sources import RawRecordingSource, open_source, parse_synthetic_options
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 from pipeline.thermal_recorder import RawThermalRecorder
@@ -78,12 +79,66 @@ def test_a_thermal_capture_killed_mid_recording_leaves_every_frame_up_to_near_th
     assert read_video(output).frames >= 30, "the fused recording is finalised as before"
 
 
+def kill_every_process_at_once(launcher: int) -> list[int]:
+    """What a power cut or the OOM killer does to a run: every process of it dies at the same instant, so
+    no stage gets to finish a file (each stage is its own session, so killing the launcher's group would
+    only stop the launcher, and its stages would then end cleanly). All are stopped first, so none can
+    react to another's death, then killed. Returns the stage pids."""
+    stages = children_of(launcher)
+    for pid in (launcher, *stages):
+        os.kill(pid, signal.SIGSTOP)
+    stages = children_of(launcher)  # one started meanwhile is stopped too
+    for pid in (launcher, *stages):
+        os.kill(pid, signal.SIGSTOP)
+    for pid in (*stages, launcher):
+        os.kill(pid, signal.SIGKILL)
+    return stages
+
+
+def test_a_whole_run_killed_at_once_leaves_a_raw_recording_bit_exact_to_the_captured_frames(tmp_path):
+    output, raw = tmp_path / "fused.mkv", tmp_path / "thermal.mkv"
+    process = start_run("--thermal", f"synthetic:{THERMAL16}", "--frames", "900", "--mode", "live",
+                        "--engine", "blend", "--output", str(output), "--record-thermal", str(raw))
+    sidecar = raw.with_name("thermal.mkv.frames.jsonl")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(read_sidecar(sidecar) if sidecar.exists() else []) < 60:
+        time.sleep(0.1)
+    stages = kill_every_process_at_once(process.pid)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGKILL and len(stages) == 4
+    for pid in stages:
+        while alive(pid):  # reaped by init once the launcher is gone
+            time.sleep(0.05)
+    records = read_sidecar(sidecar)
+    frames = replay(raw)
+    # Lost: at most the cluster being built (0.5 s = 15 frames) and the frame being muxed.
+    assert len(records) >= 60 and len(records) - 16 <= len(frames) <= len(records)
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    assert load_sidecar(sidecar)[1] <= 1, "at most the line being written is torn"
+    flight = flight16()
+    for record, frame in zip(records, frames):
+        assert np.array_equal(frame.image, flight.thermal_frame(record["seq"])), f"seq {record['seq']}"
+        assert (frame.index, frame.capture_ns) == (record["seq"], record["capture_ns"]), "identity kept"
+    assert read_video(output).frames >= 30, "the fused recording survives the same kill"
+    # The killed recording replays through a run; each fused frame names its raw frame's identity.
+    replayed = tmp_path / "replayed.mkv"
+    result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal", str(raw), "--frames", "30",
+                     "--mode", "lossless", "--engine", "blend", "--output", str(replayed))
+    assert result.returncode == 0, result.stderr
+    by_seq = {r["seq"]: r for r in records[:len(frames)]}
+    fused = read_sidecar(replayed.with_name("replayed.mkv.frames.jsonl"))
+    assert len(fused) == 30
+    for record in fused:
+        assert record["thermal"]["recorded_capture_ns"] == by_seq[record["thermal"]["seq"]]["capture_ns"]
+
+
 def test_a_raw_recording_replays_as_the_thermal_source_of_a_run(tmp_path):
     flight, raw = flight16(), tmp_path / "thermal.mkv"
     recorder = RawThermalRecorder(raw, 30, flight.thermal_frame(0))
+    recorded = {1000 + i: 5_000_000_000_000 + int(flight.thermal_time(i) * 1e9) for i in range(20)}
     with recorder:
-        for i in range(20):
-            recorder.record(flight.thermal_frame(i), i, int(flight.thermal_time(i) * 1e9))
+        for i, (seq, capture_ns) in enumerate(recorded.items()):
+            recorder.record(flight.thermal_frame(i), seq, capture_ns)
     output = tmp_path / "fused.mkv"
     result = skyfuse("run", "--visible", f"synthetic:{SMALL}", "--thermal", str(raw), "--frames", "20",
                      "--mode", "lossless", "--engine", "blend", "--output", str(output))
@@ -93,7 +148,56 @@ def test_a_raw_recording_replays_as_the_thermal_source_of_a_run(tmp_path):
     stats = stats_of(output)
     assert stats["stages"]["capture.thermal"]["frames"] == 20 and stats["drops_total"] == 0
     fused = read_sidecar(output.with_name("fused.mkv.frames.jsonl"))
-    assert [r["thermal"]["seq"] for r in fused] == list(range(20)), "each visible frame met its thermal frame"
+    # Each visible frame met its thermal frame, which kept the seq and capture time it was recorded with.
+    assert [r["thermal"]["seq"] for r in fused] == list(recorded)
+    assert all(r["thermal"]["recorded_capture_ns"] == recorded[r["thermal"]["seq"]] for r in fused)
+    assert "renumbered" not in result.stderr
+
+
+def test_a_replay_without_its_sidecar_renumbers_the_frames_with_one_line_of_warning(tmp_path, capsys):
+    flight, raw = flight16(), tmp_path / "thermal.mkv"
+    with RawThermalRecorder(raw, 30, flight.thermal_frame(0)) as recorder:
+        for i in range(5):
+            recorder.record(flight.thermal_frame(i), 70 + 2 * i, 10**12 + i * 33_333_333)
+    raw.with_name("thermal.mkv.frames.jsonl").unlink()
+    frames = replay(raw)
+    assert [(f.index, f.capture_ns) for f in frames] == [(i, None) for i in range(5)]
+    assert all(np.array_equal(f.image, flight.thermal_frame(i)) for i, f in enumerate(frames))
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "renumbered from 0" in warning[0] and "no sidecar" in warning[0]
+
+
+def test_a_recording_cut_mid_frame_with_a_torn_sidecar_line_replays_up_to_the_cut(tmp_path, capsys):
+    """What a kill can leave, made exactly: the file cut inside a frame and half a sidecar line."""
+    flight, raw = flight16(), tmp_path / "thermal.mkv"
+    sidecar = raw.with_name("thermal.mkv.frames.jsonl")
+    with RawThermalRecorder(raw, 30, flight.thermal_frame(0)) as recorder:
+        for i in range(8):
+            recorder.record(flight.thermal_frame(i), 3 * i, 7 * 10**9 + i * 33_333_333)
+    with raw.open("r+b") as file:
+        file.truncate(raw.stat().st_size * 5 // 8)  # inside the 6th frame (each frame is about an eighth)
+    with sidecar.open("a") as file:
+        file.write('{"frame":8,"seq":24,"capt')
+    assert load_sidecar(sidecar) == (read_sidecar(sidecar), 1)
+    frames = replay(raw)
+    assert 4 <= len(frames) <= 5
+    for i, frame in enumerate(frames):
+        assert np.array_equal(frame.image, flight.thermal_frame(i))
+        assert (frame.index, frame.capture_ns) == (3 * i, 7 * 10**9 + i * 33_333_333)
+    said = capsys.readouterr().err
+    assert "left out 1 torn last line" in said and f"lists {8 - len(frames)} more" in said
+    assert "Traceback" not in said
+
+
+@pytest.mark.parametrize("cut", [300, 700])  # inside the header; inside the first frame
+def test_a_recording_cut_before_its_first_frame_is_refused_with_one_clear_line(tmp_path, cut):
+    flight, raw = flight16(), tmp_path / "thermal.mkv"
+    with RawThermalRecorder(raw, 30, flight.thermal_frame(0)) as recorder:
+        recorder.record(flight.thermal_frame(0), 0, 0)
+    with raw.open("r+b") as file:
+        file.truncate(cut)  # what a kill as the recording starts leaves
+    with pytest.raises(SkyfuseError, match="holds no whole frame"):
+        open_source(str(raw), "thermal")
 
 
 def test_an_8_bit_camera_is_recorded_as_8_bit_and_frames_captured_in_one_millisecond_are_all_kept(tmp_path):
