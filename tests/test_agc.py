@@ -227,3 +227,25 @@ def test_a_run_fuses_16_bit_thermal_with_the_agc_options_from_its_yaml(tmp_path)
     assert "AGC mode=plateau,roi=0.0,0.33,1.0,1.0" in result.stderr
     assert stats_of(output)["frames_recorded"] == 15
 
+
+def test_fuse_pair_takes_the_agc_options_and_refuses_a_bad_one_in_one_line(tmp_path):
+    frame, _ = _sunny_ground()
+    cv2.imwrite(str(tmp_path / "t.png"), frame)
+    cv2.imwrite(str(tmp_path / "v.png"), np.full((256, 320, 3), 128, np.uint8))
+    pair = ["--visible", str(tmp_path / "v.png"), "--thermal", str(tmp_path / "t.png"), "--engine", "blend"]
+    shown = {}
+    for options in ("", "mode=linear,high_tail_pct=1"):
+        registered = tmp_path / f"r{len(shown)}.png"
+        result = skyfuse("fuse-pair", *pair, "--output", str(tmp_path / "f.png"), "--agc", options,
+                         "--save-registered", str(registered), timeout=60)
+        assert result.returncode == 0, result.stderr
+        shown[options] = cv2.imread(str(registered), cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(shown[options], ThermalAGC(parse_agc_options(options))(frame))
+    assert not np.array_equal(*shown.values())
+    for command in (["fuse-pair"], ["fuse"]):  # (`skyfuse fuse --visible V --thermal T` is fuse-pair)
+        result = skyfuse(*command, *pair, "--output", str(tmp_path / "bad.png"), "--agc", "base_levels=300",
+                         timeout=60)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (f"skyfuse {command[0]}: error: AGC base_levels must be 1..255 gray "
+                                          "levels, got 300.0")
+        assert not (tmp_path / "bad.png").exists()
