@@ -325,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a ready pair may wait for a batch to fill (default 0)")
     parser.add_argument("--no-thumbnails", action="store_true", help="do not send input thumbnails (PiP)")
     parser.add_argument("--agc", default="", metavar="KEY=VALUE,...",
-                        help="16-bit thermal AGC per camera pair: mode=linear|plateau, low_tail_pct, "
-                             "high_tail_pct, roi=x0,y0,x1,y1, plateau, linear_mix, smoothing, min_span, "
-                             "stride (default: linear, tails 1 %% and 0.2 %%; see README)")
+                        help="16-bit thermal AGC per camera pair: mode=dde|linear|plateau, detail_gain, "
+                             "base_levels, detail_radius, low_tail_pct, high_tail_pct, roi=x0,y0,x1,y1, "
+                             "plateau, linear_mix, smoothing, min_span, stride (default: dde, tails 1 %% "
+                             "and 0.2 %%; see README)")
     parser.add_argument("--warm-up", metavar="VISIBLE_WxH,THERMAL_WxH",
                         help="run the engine once at these camera sizes before taking frames (e.g. "
                              "1280x720,640x512), so the first frames are not slowed by its start-up")

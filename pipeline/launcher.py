@@ -486,9 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", help="fusion engine (blend, pyramid, onnxruntime, auto, ...)")
     parser.add_argument("--engine-options", help="engine options KEY=VALUE,... (e.g. model=skyfuse-rt)")
     parser.add_argument("--agc", metavar="KEY=VALUE,...",
-                        help="16-bit thermal AGC: mode=linear|plateau, low_tail_pct, high_tail_pct, "
-                             "roi=x0,y0,x1,y1, plateau, linear_mix, smoothing, min_span, stride "
-                             "(default: linear, tails 1 %% and 0.2 %%)")
+                        help="16-bit thermal AGC: mode=dde|linear|plateau, detail_gain, base_levels, "
+                             "detail_radius, low_tail_pct, high_tail_pct, roi=x0,y0,x1,y1, plateau, "
+                             "linear_mix, smoothing, min_span, stride (default: dde, tails 1 %% and "
+                             "0.2 %%; see README)")
     parser.add_argument("--mode", choices=MODES, help="live (default) or lossless")
     parser.add_argument("--pace", choices=("native", "max"),
                         help="replay rate of files and the synthetic flight")

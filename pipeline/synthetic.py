@@ -474,13 +474,16 @@ class SyntheticFlight:
                           else tuple(float(c) * shade for c in movers.colour[i]))
         return cv2.add(frame, self._noise_slice(self._visible_noise, frame.shape, index, stream=0))
 
-    def thermal_frame(self, index: int) -> np.ndarray:
-        """(H, W) uint8 or uint16 frame `index`, the scene at thermal_time(index) + time_offset_s."""
+    def thermal_frame(self, index: int, with_movers: bool = True) -> np.ndarray:
+        """(H, W) uint8 or uint16 frame `index`, the scene at thermal_time(index) + time_offset_s;
+        with_movers=False gives the same frame without its people and vehicles (the ground they cover, the
+        same noise), e.g. to see what a target does to the display of the ground around it."""
         t = self.thermal_time(index) + self.config.time_offset_s
         m = self.visible_to_thermal @ self.world_to_visible(t)
         frame = cv2.warpPerspective(self._thermal_map, m, self.config.thermal_size, flags=cv2.INTER_LINEAR)
-        self._draw_movers(frame, m, t, lambda number, movers, i, shade, warmer:
-                          int(self._to_thermal_units(movers.temp[i] + warmer)))
+        if with_movers:
+            self._draw_movers(frame, m, t, lambda number, movers, i, shade, warmer:
+                              int(self._to_thermal_units(movers.temp[i] + warmer)))
         frame = cv2.add(frame, self._thermal_fixed)
         return cv2.add(frame, self._noise_slice(self._thermal_noise, frame.shape, index, stream=1))
 
