@@ -20,8 +20,8 @@ counted, not raised; an output that failed is opened again after 0.5, 1, 2 and t
 Late viewers: every keyframe goes out with the sequence and picture parameter sets (SPS/PPS) in-band,
 prepended from the encoder's extradata where the encoder put them only there, so a viewer that joins at
 any moment starts decoding at the next keyframe (`--keyframe-interval` sets how far away that is). At
-close an end-of-stream NAL unit follows the last frame, so a viewer's depacketizer (which completes a frame
-when the next one starts) gives the last frame out at once.
+close an access unit delimiter and an end-of-stream NAL unit follow the last frame, so a viewer's
+depacketizer (which completes a frame when the next one starts) gives the last frame out at once.
 
 PyAV writes an RTSP output's header (the TCP connection and the ANNOUNCE/SETUP/RECORD exchange) holding the
 GIL, which would pause the whole sink while a server does not answer; so the thread first checks, with a
@@ -56,7 +56,8 @@ TS_PACKET_BYTES = 1316  # 7 MPEG-TS packets of 188 bytes per datagram
 RTSP_DEFAULT_PORT = 554
 RECONNECT_S = (0.5, 1.0, 2.0, 4.0)  # waits before each new attempt after a failure; the last repeats
 MIN_BITRATE, MAX_BITRATE = 50_000, 200_000_000
-END_OF_STREAM_NAL = b"\x00\x00\x00\x01\x0b"
+# An access unit delimiter (a new frame starts: a depacketizer hands the last one on) and end of stream.
+END_OF_STREAM = b"\x00\x00\x00\x01\x09\xf0" + b"\x00\x00\x00\x01\x0b"
 SPS, PPS = 7, 8  # H.264 NAL unit types
 
 
@@ -365,7 +366,9 @@ class StreamOutput:
         if self.target.format == "rtsp":
             return {"rtsp_transport": self.config.rtsp_transport,
                     "timeout": str(int(self.config.timeout_s * 1e6)), "pkt_size": str(RTP_PACKET_BYTES)}
-        return {}
+        # Each packet leaves at once (not when the next fills a datagram), its PES with its length, so a
+        # demuxer can hand the frame on as soon as its last byte arrives.
+        return {"flush_packets": "1", "omit_video_pes_length": "0"}
 
     def _mux(self, item: _Packet) -> bool:
         """Send one packet (a keyframe with its parameter sets in-band); False after a failure."""
@@ -398,7 +401,7 @@ class StreamOutput:
 
     def _finish(self) -> None:
         if self._container is not None and self._last_pts is not None:
-            end = av.Packet(END_OF_STREAM_NAL)
+            end = av.Packet(END_OF_STREAM)
             end.pts = end.dts = self._last_pts + 1
             end.time_base = 1 / self.rate
             end.stream = self._out
