@@ -16,6 +16,11 @@ then forwards it to a PyAV viewer thread that decodes every frame and reads the 
 Latencies are of the steady state: frames of the first second are left out (the viewer probes the stream
 when it opens and decodes what it buffered meanwhile late).
 
+`--pipeline` adds glass-to-glass through a whole `skyfuse run` (live mode, the synthetic flight, engine
+pyramid, MPEG-TS to a viewer thread here): capture -> recorded (the sink's hand-off to the encoder, from
+stats.json) against capture -> decoded by the viewer (each frame found by its slot in the sidecar; both
+wall clocks of this machine). Camera exposure and display are not in either.
+
     python -m benchmarks.stream --json out/bench/stream.json [--seconds 5] [--sizes 640x512,1280x720]
 """
 
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -36,7 +43,7 @@ import numpy as np
 
 from benchmarks.machine import machine_line
 from core.sizes import parse_size
-from pipeline.recorder import Recorder, RecorderConfig
+from pipeline.recorder import Recorder, RecorderConfig, read_sidecar
 from pipeline.streamout import StreamConfig, parse_bitrate
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 
@@ -136,6 +143,64 @@ class Viewer(threading.Thread):
             pass  # the read time-out once the stream has ended
 
 
+class TimedViewer(threading.Thread):
+    """Decodes an MPEG-TS stream: (time in the stream s, wall ns when decoded) of every frame."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port = port
+        self.decoded: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        try:
+            with av.open(f"udp://127.0.0.1:{self.port}", format="mpegts", options=LOW_DELAY,
+                         timeout=(300.0, 5.0)) as container:
+                for packet in container.demux(container.streams.video[0]):
+                    try:
+                        frames = packet.decode()
+                    except av.InvalidDataError:
+                        continue
+                    self.decoded += [(float(f.pts * f.time_base), time.time_ns()) for f in frames]
+        except (av.FFmpegError, OSError):
+            pass
+
+
+def run_pipeline(seconds: float, visible: str, thermal: str, workdir: Path) -> dict:
+    """Glass-to-glass through `skyfuse run` with an MPEG-TS stream (see the module's docstring)."""
+    port = free_port()
+    viewer = TimedViewer(port)
+    viewer.start()
+    while not bound(port):
+        time.sleep(0.01)
+    output = workdir / "run" / "fused.mp4"
+    flight = f"visible_size={visible},thermal_size={thermal}"
+    command = [sys.executable, "-m", "pipeline", "run", "--visible", f"synthetic:{flight}", "--thermal",
+               f"synthetic:{flight}", "--frames", str(round(seconds * FPS)), "--engine", "pyramid",
+               "--output", str(output), "--stream", f"udp://127.0.0.1:{port}", "--stream-format", "mpegts"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    if result.returncode != 0:
+        raise SystemExit(f"skyfuse run failed: {result.stderr[-2000:]}")
+    viewer.join(30)
+    records = read_sidecar(output.with_name(output.name + ".frames.jsonl"))
+    report = json.loads(output.with_name("stats.json").read_text())
+    sink = report["stages"]["sink"]
+    by_slot = {r["slot"]: r["capture_wall_ns"] for r in records}
+    first_slot = records[0]["slot"]
+    glass_ms = []
+    if viewer.decoded:
+        start = viewer.decoded[0][0]
+        for time_s, decoded_ns in viewer.decoded:
+            slot = first_slot + round((time_s - start) * report["fps_recorded"])
+            if slot in by_slot and slot - first_slot >= FPS:  # steady state, as above
+                glass_ms.append((decoded_ns - by_slot[slot]) / 1e6)
+    recorded = sink["latency"]["end_to_end"]
+    return {"visible": visible, "thermal": thermal, "frames_recorded": report["frames_recorded"],
+            "frames_decoded": len(viewer.decoded), "drops_total": report["drops_total"],
+            "stream": sink.get("stream"),
+            "capture_to_recorded": {"p50_ms": recorded["p50_ms"], "p95_ms": recorded["p95_ms"]},
+            "capture_to_decoded": percentiles(glass_ms)}
+
+
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"p50_ms": None, "p95_ms": None, "max_ms": None}
@@ -212,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="640x512,1280x720", help="fused frame sizes")
     parser.add_argument("--bitrates", default="none,2M", help="caps: none (constant quality), 2M, ...")
     parser.add_argument("--formats", default="rtp,mpegts")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also glass-to-glass through a whole `skyfuse run` (1280x720 + 640x512, 10 s)")
     args = parser.parse_args(argv)
     machine = machine_line()
     print(machine)
@@ -233,10 +300,18 @@ def main(argv: list[str] | None = None) -> int:
                           f"{row['wire_mbit_s']:>11.2f} "
                           f"{row['mjpeg_mbit_s_15fps']:>7.1f} / {row['mjpeg_mbit_s_30fps']:<6.1f} "
                           f"{_pair(wire):>19} {_pair(dec):>19}", flush=True)
+        pipeline = None
+        if args.pipeline:
+            pipeline = run_pipeline(10.0, "1280x720", "640x512", Path(workdir))
+            recorded, decoded = pipeline["capture_to_recorded"], pipeline["capture_to_decoded"]
+            print(f"\nskyfuse run, {pipeline['visible']} + {pipeline['thermal']}, live, MPEG-TS: "
+                  f"{pipeline['frames_decoded']} of {pipeline['frames_recorded']} recorded frames decoded; "
+                  f"capture -> recorded p50/p95 {recorded['p50_ms']:.1f} / {recorded['p95_ms']:.1f} ms, "
+                  f"capture -> viewer decoded {_pair(decoded)} ms")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "fps": FPS, "seconds": args.seconds,
-                                         "rows": rows}, indent=2) + "\n")
+                                         "rows": rows, "pipeline": pipeline}, indent=2) + "\n")
     return 0
 
 
