@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.transport --json out/bench/transport.json
 	$(BIN)/python -m benchmarks.pipeline_sustained --json out/bench/pipeline.json
 	$(BIN)/python -m benchmarks.sink --json out/bench/sink.json
+	$(BIN)/python -m benchmarks.stream --pipeline --json out/bench/stream.json
 	$(BIN)/python -m benchmarks.engines --json out/bench/engines.json
 	$(BIN)/python -m benchmarks.calibration --json out/bench/calibration.json
 	$(BIN)/python -m benchmarks.metrics_reference --json out/bench/metrics.json

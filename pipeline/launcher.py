@@ -27,7 +27,7 @@ import yaml
 from core.errors import SkyfuseError
 from core.sizes import parse_size
 
-from .recorder import ENCODERS
+from .recorder import ENCODERS, RTSP_TRANSPORTS, add_stream_arguments, recorder_config_of
 from .stage import MODES, StopFlag, die_with_parent, parse_options
 
 START_MARGIN_S = 0.3  # media time 0 lies this far after every stage reported ready
@@ -61,6 +61,11 @@ class RunConfig:
     live_view: int | None = None  # port; 0 picks a free one
     live_view_host: str | None = None  # address it listens on (default: loopback only)
     live_view_token: str | None = None  # access token (default: a random one off the loopback address)
+    stream: str | None = None  # also send the recording's H.264 to udp://HOST:PORT or rtsp://SERVER/PATH
+    stream_format: str | None = None  # rtp (default) | mpegts, for a udp:// stream
+    stream_bitrate: str | int | None = None  # bits/s cap, e.g. 2M (the recording is the same bitstream)
+    keyframe_interval: str | int | None = None  # N frames, or "Ss" seconds (default 1s)
+    rtsp_transport: str | None = None  # tcp (default) | udp: how RTP reaches an RTSP server
     transport: str = "ipc"  # ipc | tcp (loopback)
     keys: str | None = None  # link keys folder (`skyfuse keys`): encrypted, authenticated links
     allow_unequal_length: bool = False
@@ -100,6 +105,12 @@ class RunConfig:
             from .liveview import access_token  # (OpenCV only when asked)
 
             access_token(self.live_view_host or "127.0.0.1", self.live_view_token)  # refuses a bad one now
+        if self.rtsp_transport is not None and self.rtsp_transport not in RTSP_TRANSPORTS:
+            raise SkyfuseError(f"rtsp_transport must be tcp or udp, got {self.rtsp_transport!r}")
+        # A bad stream URL, format, bitrate or keyframe interval is refused now.
+        recorder_config_of(self.encoder, Path(self.output), stream=self.stream,
+                           stream_format=self.stream_format, stream_bitrate=self.stream_bitrate,
+                           keyframe_interval=self.keyframe_interval, rtsp_transport=self.rtsp_transport)
 
     @property
     def stats_path(self) -> Path:
@@ -221,7 +232,9 @@ class Launcher:
             fuse.append("--no-thumbnails")
         sink = ["sink", "--input", ends["sink"], "--output", c.output, "--stats", str(c.stats_path), *mode]
         sink += _flags(live_view=c.live_view, live_view_host=c.live_view_host,
-                       live_view_token=c.live_view_token, keys=c.keys, encoder=c.encoder)
+                       live_view_token=c.live_view_token, keys=c.keys, encoder=c.encoder, stream=c.stream,
+                       stream_format=c.stream_format, stream_bitrate=c.stream_bitrate,
+                       keyframe_interval=c.keyframe_interval, rtsp_transport=c.rtsp_transport)
         sink += [flag for flag, on in (("--no-hud", not c.hud), ("--no-pip", not c.pip),
                                        ("--colormap", c.colormap)) if on]
         # Receivers first: the sink, then the fuse stage, then the captures that feed it.
@@ -469,6 +482,12 @@ def print_summary(stats_path: Path) -> None:
         print("\ndrops: " + ", ".join(f"{k} {v}" for k, v in sorted(steady.items())))
     if report.get("drops_warmup"):
         print(f"dropped before the run was ready (live sources): {report['drops_warmup']}")
+    stream = report["stages"].get("sink", {}).get("stream")
+    if stream:
+        print(f"stream to {stream['url']} ({stream['format']}): {stream['packets_sent']} packets, "
+              f"{stream['bytes_sent'] / 1e6:.2f} MB sent, {stream['failures']} failures, "
+              f"{stream['reconnects']} reconnects, {stream['dropped_queue_full']} dropped (queue full), "
+              f"{stream['skipped']} not sent (waiting for a keyframe or the network)")
     print(f"statistics: {stats_path}")
 
 
@@ -505,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the live view's access token (default: random, in the logged URL)")
     parser.add_argument("--encoder", choices=ENCODERS,
                         help="H.264 encoder (default auto: h264_nvenc where it opens, else libx264)")
+    add_stream_arguments(parser)
     parser.add_argument("--transport", choices=("ipc", "tcp"), help="links between stages (default ipc)")
     parser.add_argument("--keys", metavar="DIR", help="link keys from `skyfuse keys`: encrypt the links")
     for flag, text in (("hud", "the HUD overlay"), ("pip", "picture-in-picture of the inputs"),

@@ -18,6 +18,12 @@ it over (both OpenCV and FFmpeg release the GIL, so the two run on separate core
 written, `close` encodes and muxes every queued frame, and a failure in the thread is raised by the next
 `write` or by `close` as a SkyfuseError.
 
+Live stream: with `RecorderConfig.stream` set, every packet the encoder gives is also handed, before it
+is muxed into the file, to a `StreamOutput` (pipeline/streamout.py) that sends the same bytes to viewers
+(RTP or MPEG-TS over UDP, or an RTSP server): one encoder, one bitstream, and a network that never stalls
+the recording. `bitrate` caps the encoder for a radio link (capped constant quality: VBV maxrate with a
+one-second buffer), which then holds for the recording too, since it is the same bitstream.
+
 Time: `write(image, slot)` places the frame at `slot` on the source frame-rate grid (the first slot
 written is time 0); skipped slots leave a gap in time, so playback keeps the real timing when frames
 were dropped upstream.
@@ -25,6 +31,7 @@ were dropped upstream.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -42,6 +49,17 @@ import numpy as np
 
 from core.errors import SkyfuseError
 
+from .streamout import (
+    FORMATS,
+    RTSP_TRANSPORTS,
+    StreamConfig,
+    StreamOutput,
+    parse_bitrate,
+    parse_keyframe_interval,
+    parse_stream_url,
+    sdp_path_for,
+)
+
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska"}
 ENCODERS = ("auto", "libx264", "h264_nvenc")  # auto: h264_nvenc where it opens, else libx264
 MAX_ENCODER_THREADS = 8  # x264 slices per frame: more cost compression for little speed at 1080p
@@ -56,11 +74,14 @@ class RecorderConfig:
     tune: str = "zerolatency"  # libx264: no lookahead or B-frames, each frame is muxed once written
     crf: int = 23  # constant quality, lower is better and larger (libx264 crf, h264_nvenc cq)
     keyframe_interval_s: float = 1.0  # a player can start decoding at most this far before any point
+    keyframe_interval_frames: int | None = None  # the same in frames; replaces keyframe_interval_s when set
+    bitrate: int | None = None  # bits/s cap on the constant quality (VBV, 1 s buffer), e.g. for a radio link
     fragment_s: float = 0.5  # longest piece of video a kill can lose
     fsync_s: float | None = 1.0  # how often the files are forced to disk (None: leave it to the OS)
     threads: int = 0  # libx264 threads (0: one per core, at most MAX_ENCODER_THREADS)
     queue_frames: int = 4  # frames that may wait for the encoding thread before `write` waits
     extra_options: dict[str, str] = field(default_factory=dict)  # more encoder options, passed as-is
+    stream: StreamConfig | None = None  # also send the encoded packets to live viewers (streamout.py)
 
 
 def _frame_rate(fps: float | Fraction) -> Fraction:
@@ -88,6 +109,8 @@ def _encoder_options(codec: str, config: RecorderConfig, gop: int) -> dict[str, 
                    "rc": "vbr", "cq": str(config.crf)}
     else:
         options = {"preset": config.preset, "tune": config.tune, "crf": str(config.crf)}
+    if config.bitrate:  # capped quality: easy scenes stay below the cap, no second ever exceeds it
+        options.update(maxrate=str(config.bitrate), bufsize=str(config.bitrate))
     return {**options, "g": str(gop), **config.extra_options}
 
 
@@ -104,7 +127,7 @@ def open_output(path: Path, rate: Fraction, size: tuple[int, int], codec: str,
     fmt = CONTAINERS[path.suffix.lower()]
     container = av.open(str(path), "w", format=fmt, container_options=_container_options(fmt, config))
     try:
-        gop = max(1, round(float(rate) * config.keyframe_interval_s))
+        gop = config.keyframe_interval_frames or max(1, round(float(rate) * config.keyframe_interval_s))
         stream = container.add_stream(codec, rate=rate, options=_encoder_options(codec, config, gop))
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -202,11 +225,21 @@ class Recorder:
             raise SkyfuseError(f"unknown encoder {self.config.codec!r}; choose one of {', '.join(ENCODERS)}")
         if self.config.queue_frames < 1:
             raise SkyfuseError("recorder queue_frames must be at least 1")
+        if self.config.keyframe_interval_frames is not None and self.config.keyframe_interval_frames < 1:
+            raise SkyfuseError("recorder keyframe_interval_frames must be at least 1")
         _prepare_output(self.path)
         width, height = self.size
         self._pad = (width % 2, height % 2)
         coded = (width + self._pad[0], height + self._pad[1])
         self.codec, self.fallback = self._open(coded)
+        self.stream_out: StreamOutput | None = None
+        if self.config.stream is not None:
+            try:
+                self.stream_out = StreamOutput(self.config.stream, self.rate, coded,
+                                               self._stream.codec_context.extradata)
+            except SkyfuseError:
+                self._container.close()
+                raise
         self.frames = 0
         self.last_slot: int | None = None
         self._first_slot = 0
@@ -278,12 +311,24 @@ class Recorder:
     def _encode(self, image: np.ndarray, pts: int, queued: float) -> None:
         frame = to_yuv420(image, self._pad)
         frame.pts = pts
-        self._container.mux(self._stream.encode(frame))
+        self._mux(self._stream.encode(frame))
         self._encode_ms.append((time.perf_counter() - queued) * 1e3)
 
     def _flush(self) -> None:
         """Mux what the encoder still holds (none with the low-latency options, but keep it exact)."""
-        self._container.mux(self._stream.encode(None))
+        self._mux(self._stream.encode(None))
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        """Into the file, and first to the live stream (the file's muxer rescales the packets' times)."""
+        if self.stream_out is not None:
+            for packet in packets:
+                self.stream_out.send(bytes(packet), packet.pts, packet.dts, packet.is_keyframe,
+                                     packet.time_base)
+        self._container.mux(packets)
+
+    def stream_stats(self) -> dict | None:
+        """What the live stream sent, dropped and failed (None without one)."""
+        return self.stream_out.stats() if self.stream_out is not None else None
 
     def _run(self, step, *args) -> None:
         """Run one step of the encoding thread, keeping its first failure for the writer."""
@@ -305,6 +350,8 @@ class Recorder:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        if self.stream_out is not None:
+            self.stream_out.close()
         if self._fsync:
             self._fsync.close()
         self._raise_error()
@@ -314,6 +361,46 @@ class Recorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The live stream's flags and the encoder settings it needs (`skyfuse sink` and `skyfuse run`)."""
+    parser.add_argument("--stream", metavar="URL", default=None,
+                        help="also send the recording's H.264 (encoded once) to udp://HOST:PORT (RTP, SDP "
+                             "written beside the recording, or MPEG-TS) or publish it to an RTSP server "
+                             "at rtsp://SERVER[:PORT]/PATH")
+    parser.add_argument("--stream-format", choices=FORMATS, default=None,
+                        help="what a udp:// stream carries: rtp (default) or mpegts")
+    parser.add_argument("--stream-bitrate", metavar="RATE", default=None,
+                        help="cap the H.264 bitrate (e.g. 2M, 800k) for a radio link; the recording is the "
+                             "same bitstream, so it is capped too (default: constant quality, uncapped)")
+    parser.add_argument("--keyframe-interval", metavar="N|Ss", default=None,
+                        help="a keyframe every N frames (e.g. 30) or S seconds (e.g. 1s, the default): how "
+                             "long a viewer that joins or loses packets waits for a picture")
+    parser.add_argument("--rtsp-transport", choices=RTSP_TRANSPORTS, default=None,
+                        help="how RTP reaches an RTSP server: tcp (default, reliable) or udp")
+
+
+def recorder_config_of(encoder: str, output: Path, *, stream: str | None = None,
+                       stream_format: str | None = None, stream_bitrate: str | int | None = None,
+                       keyframe_interval: str | int | None = None,
+                       rtsp_transport: str | None = None) -> RecorderConfig:
+    """The recorder's settings from the sink's options; SkyfuseError with one line for a bad one."""
+    if stream is None and (stream_format or stream_bitrate or rtsp_transport) is not None:
+        raise SkyfuseError("a stream format, bitrate or RTSP transport needs a stream: add --stream URL "
+                           "(stream in a YAML config)")
+    config = RecorderConfig(codec=encoder)
+    if keyframe_interval is not None:
+        frames, seconds = parse_keyframe_interval(keyframe_interval)
+        config.keyframe_interval_frames = frames
+        config.keyframe_interval_s = seconds or config.keyframe_interval_s
+    if stream_bitrate is not None:
+        config.bitrate = parse_bitrate(stream_bitrate)
+    if stream is not None:
+        target = parse_stream_url(stream, stream_format)
+        config.stream = StreamConfig(url=stream, format=stream_format, rtsp_transport=rtsp_transport or "tcp",
+                                     sdp_path=sdp_path_for(output) if target.format == "rtp" else None)
+    return config
 
 
 def _json_default(value):

@@ -1,4 +1,5 @@
-"""The sink stage: overlay the HUD, record the fused video at the source frame rate, serve a live view.
+"""The sink stage: overlay the HUD, record the fused video at the source frame rate, serve a live view
+(MJPEG for browsers) and, optionally, send the recording's H.264 on to live viewers (`--stream`).
 
 Port: `input` (bound; the fuse stage connects). Each fused frame's capture time fixes its slot on the
 source frame-rate grid, so the recording plays at the source rate and a dropped frame leaves a gap instead
@@ -37,7 +38,7 @@ from .frame import MAX_FPS, MIN_FPS, EndOfStream, Frame, Timeline, wall_ns
 from .hud import HudInfo, draw_hud, draw_no_signal, picture_in_picture, thermal_colormap
 from .keys import RECEIVER, add_keys_argument, link_keys
 from .liveview import LiveView, access_token
-from .recorder import ENCODERS, Recorder, RecorderConfig, Sidecar
+from .recorder import ENCODERS, Recorder, RecorderConfig, Sidecar, add_stream_arguments, recorder_config_of
 from .stage import (
     LauncherChannel,
     add_handshake_argument,
@@ -63,7 +64,7 @@ class SinkStage:
     def __init__(self, port: Receiver, *, output: Path, sidecar: Path | None, stats_path: Path | None,
                  hud: bool = True, pip: bool = True, colormap: bool = False,
                  live_view: LiveView | None = None, progress_s: float = 1.0, encoder: str = "auto",
-                 encoder_policy: str = DROP_NEWEST):
+                 encoder_policy: str = DROP_NEWEST, recorder_config: RecorderConfig | None = None):
         if encoder_policy not in (BLOCK, DROP_NEWEST):
             raise ValueError(f"the encoder's policy is {BLOCK} or {DROP_NEWEST}, not {encoder_policy!r}")
         self.port, self.output, self.stats_path = port, output, stats_path
@@ -71,7 +72,7 @@ class SinkStage:
         self.sidecar = Sidecar(sidecar) if sidecar else None
         self.hud, self.pip, self.colormap, self.live_view = hud, pip, colormap, live_view
         self.recorder: Recorder | None = None
-        self.recorder_config = RecorderConfig(codec=encoder)
+        self.recorder_config = recorder_config or RecorderConfig(codec=encoder)  # the stream's settings too
         self.stats = StageStats(self.name)
         self.upstream: dict[str, dict] = {}
         self.upstream_incomplete: str | None = None  # why the fuse stage's inputs did not end, if so
@@ -113,6 +114,11 @@ class SinkStage:
         self.recorder = Recorder(self.output, self.fps, size, self.recorder_config)
         log(self.name, f"encoding {size[0]}x{size[1]} with {self.recorder.codec}"
                        + (f" ({self.recorder.fallback})" if self.recorder.fallback else ""))
+        stream = self.recorder.stream_out
+        if stream is not None:
+            sdp = stream.config.sdp_path if stream.target.format == "rtp" else None
+            log(self.name, f"streaming the recording's H.264 to {stream.target.shown} "
+                           f"({stream.target.format})" + (f"; SDP: {sdp}" if sdp else ""))
 
     def _record(self, frame: Frame) -> None:
         verdict = self.timeline.admit(frame.capture_ns, frame.meta.get("fps"))
@@ -243,6 +249,8 @@ class SinkStage:
                        queue_policy={"input": self.port.policy, "encoder": self.encoder_policy})
         if self.live_view:
             summary["live_view"] = self.live_view.stats()
+        if self.recorder is not None and self.recorder.stream_out is not None:
+            summary["stream"] = self.recorder.stream_stats()
         return summary
 
     def incomplete(self) -> str | None:
@@ -287,6 +295,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--encoder", choices=ENCODERS, default="auto",
                         help="H.264 encoder: auto (h264_nvenc where it opens, else libx264), libx264 or "
                              "h264_nvenc")
+    add_stream_arguments(parser)
     parser.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
     add_handshake_argument(parser)
     args = parser.parse_args(argv)
@@ -296,6 +305,10 @@ def main(argv: list[str]) -> int:
     stop = stop_on_signals()
     if args.output.suffix.lower() not in (".mp4", ".mkv"):
         raise SkyfuseError(f"cannot record to {args.output}: use a .mp4 or .mkv file name")
+    recorder_config = recorder_config_of(args.encoder, args.output, stream=args.stream,
+                                         stream_format=args.stream_format, stream_bitrate=args.stream_bitrate,
+                                         keyframe_interval=args.keyframe_interval,
+                                         rtsp_transport=args.rtsp_transport)
     live_view = None
     if args.live_view is not None:
         live_view = LiveView(host=args.live_view_host, port=args.live_view,
@@ -317,7 +330,7 @@ def main(argv: list[str]) -> int:
         stage = SinkStage(port, output=args.output, sidecar=sidecar, stats_path=args.stats,
                           hud=not args.no_hud, pip=not args.no_pip, colormap=args.colormap,
                           live_view=live_view, progress_s=args.progress, encoder=args.encoder,
-                          encoder_policy=BLOCK if lossless else DROP_NEWEST)
+                          encoder_policy=BLOCK if lossless else DROP_NEWEST, recorder_config=recorder_config)
         if recording:
             stage.open_recording(*recording)
         if channel:
