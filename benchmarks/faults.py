@@ -33,7 +33,8 @@ import zmq
 
 from benchmarks.machine import machine_line
 from pipeline.frame import EndOfStream, Frame
-from pipeline.recorder import read_sidecar, read_video
+from pipeline.recorder import read_video
+from pipeline.sidecar import read_sidecar
 from pipeline.wire import BLOCK, Receiver, encode
 
 PERIOD_NS = 33_333_333

@@ -132,7 +132,7 @@ def run_case(case: Case, workdir: Path) -> dict:
 
 def _first_frame_s(output: Path, started_wall_ns: int) -> float | None:
     """Seconds from the command's start to the first frame reaching the recorder."""
-    from pipeline.recorder import read_sidecar
+    from pipeline.sidecar import read_sidecar
 
     records = read_sidecar(output.with_name(output.name + ".frames.jsonl"))
     if not records or records[0].get("capture_wall_ns") is None:

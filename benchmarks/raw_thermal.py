@@ -34,9 +34,9 @@ import numpy as np
 from benchmarks.machine import machine_line
 from core.sizes import parse_size
 from pipeline.recorder import RecorderConfig
+from pipeline.sidecar import PIXEL_FORMATS
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 from pipeline.thermal_recorder import (
-    PIXEL_FORMATS,
     RAW_QUEUE_FRAMES,
     TIME_BASE,
     RawThermalRecorder,

@@ -43,7 +43,8 @@ import numpy as np
 
 from benchmarks.machine import machine_line
 from core.sizes import parse_size
-from pipeline.recorder import Recorder, RecorderConfig, read_sidecar
+from pipeline.recorder import Recorder, RecorderConfig
+from pipeline.sidecar import read_sidecar
 from pipeline.streamout import StreamConfig, parse_bitrate
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 

@@ -413,7 +413,8 @@ def _json_default(value):
 
 class Sidecar:
     """JSON-lines file, one object per recorded frame. Each line is handed to the OS as it is written,
-    so a kill loses at most the line being written; `read_sidecar` skips such a torn last line."""
+    so a kill loses at most the line being written; `pipeline.sidecar.read_sidecar` skips such a torn
+    last line."""
 
     def __init__(self, path: str | os.PathLike, fsync_s: float | None = 1.0):
         self.path = Path(path)
@@ -439,26 +440,6 @@ class Sidecar:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def read_sidecar(path: str | os.PathLike) -> list[dict]:
-    """The records of a sidecar; a torn last line (the writer was killed mid-line) is left out."""
-    return load_sidecar(path)[0]
-
-
-def load_sidecar(path: str | os.PathLike) -> tuple[list[dict], int]:
-    """The records of a sidecar and how many torn last lines were left out (0 or 1): a writer killed
-    mid-line leaves a line without its end, or, after a power cut, a tail the disk never got (zero bytes).
-    An unreadable line elsewhere is damage, not a kill: it raises json.JSONDecodeError."""
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
-    records = [json.loads(line) for line in lines[:-1] if line]
-    if not lines[-1]:
-        return records, 0
-    try:
-        records.append(json.loads(lines[-1]))
-    except json.JSONDecodeError:
-        return records, 1
-    return records, 0
 
 
 @dataclass

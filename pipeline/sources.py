@@ -49,9 +49,9 @@ import numpy as np
 
 from core.errors import SkyfuseError
 
+from .sidecar import PIXEL_FORMATS, read_frame_identities, sidecar_path
 from .stage import log, split_options
 from .synthetic import FlightConfig, SyntheticFlight, config_field_types
-from .thermal_recorder import PIXEL_FORMATS, read_frame_identities, sidecar_path
 
 STREAMS = ("visible", "thermal")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm", ".ppm", ".webp")

@@ -17,7 +17,7 @@ Sidecar `PATH.frames.jsonl`, one line per frame muxed: `frame` (its position in 
 `capture_ns` (as in the fused sidecar's `thermal` entry, so a fused frame finds its raw frame by `seq`) and
 `time_s` (its time in the file). A kill can cost the file its last unfinished cluster (at most `fragment_s`)
 that the sidecar already lists; the frames the file holds are the first ones the sidecar lists.
-`read_frame_identities` gives a replay each frame's seq and capture time back from the sidecar.
+A replay gets each frame's seq and capture time back from the sidecar (pipeline/sidecar.py).
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ from .recorder import (
     _container_options,
     _prepare_output,
     encoder_threads,
-    load_sidecar,
 )
+from .sidecar import PIXEL_FORMATS, sidecar_path
 
-PIXEL_FORMATS = {np.dtype(np.uint8): "gray", np.dtype(np.uint16): "gray16le"}
 FFV1_OPTIONS = {"level": "3", "g": "1", "slicecrc": "1"}  # intra-only: every frame decodes on its own
 TIME_BASE = Fraction(1, 1000)  # Matroska's own resolution
 RAW_QUEUE_FRAMES = 30  # a second at 30 fps that the encoder may fall behind (a busy core) before it blocks
@@ -60,32 +59,6 @@ def ffv1_threads(config: RecorderConfig) -> int:
     costs (benchmarks/raw_thermal.py --variants: slices, coder, context, slice CRCs all within 1 % of CPU
     time at 1280x1024); threads only spread it over cores that are free."""
     return encoder_threads(config)
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The sidecar beside a raw recording: `PATH.frames.jsonl`."""
-    path = Path(path)
-    return path.with_name(path.name + ".frames.jsonl")
-
-
-def read_frame_identities(path: str | os.PathLike) -> tuple[dict[int, tuple[int, int]], int]:
-    """(seq, capture_ns) of the frames of the raw recording at `path` by their position in the file, from
-    its sidecar, and how many torn last lines were left out (a kill mid-line). The sidecar may list frames
-    past the file's end (a kill lost them from the file). Raises OSError when there is no sidecar,
-    SkyfuseError when it is not one."""
-    side = sidecar_path(path)
-    try:
-        records, torn = load_sidecar(side)
-    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise SkyfuseError(f"{side} is damaged: {exc}") from None
-    identities = {}
-    for number, record in enumerate(records, start=1):
-        values = [record.get(key) if isinstance(record, dict) else None
-                  for key in ("frame", "seq", "capture_ns")]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise SkyfuseError(f"{side} line {number} is not a raw recording's frame record: {record}")
-        identities[values[0]] = (values[1], values[2])
-    return identities, torn
 
 
 def prepare_raw_recording(path: str | os.PathLike) -> Path:

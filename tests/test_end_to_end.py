@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.recorder import read_sidecar, read_video
+from pipeline.recorder import read_video
+from pipeline.sidecar import read_sidecar
 
 TESTS = Path(__file__).resolve().parent
 # Small frames keep the suite fast on a 2-core CI machine; the geometry is the same as the demo's.

@@ -19,7 +19,8 @@ import zmq
 from test_end_to_end import _env
 
 from pipeline.frame import EndOfStream, Frame
-from pipeline.recorder import read_sidecar, read_video
+from pipeline.recorder import read_video
+from pipeline.sidecar import read_sidecar
 from pipeline.wire import BLOCK, Receiver, encode
 
 PERIOD_NS = 33_333_333

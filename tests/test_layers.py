@@ -17,6 +17,7 @@ GROUPS = {
     "pipeline.synthetic": "media",
     "pipeline.sources": "media",
     "pipeline.stage": "media",
+    "pipeline.sidecar": "media",
     "engines": "engines",
     "calibration": "calibration",
     "pipeline": "pipeline",

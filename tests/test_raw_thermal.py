@@ -12,7 +12,8 @@ import pytest
 from test_end_to_end import SMALL, alive, children_of, command_of, skyfuse, start_run, stats_of
 
 from core.errors import SkyfuseError
-from pipeline.recorder import load_sidecar, read_sidecar, read_video
+from pipeline.recorder import read_video
+from pipeline.sidecar import load_sidecar, read_sidecar
 from pipeline.sources import RawRecordingSource, open_source, parse_synthetic_options
 from pipeline.synthetic import FlightConfig, SyntheticFlight
 from pipeline.thermal_recorder import RawThermalRecorder

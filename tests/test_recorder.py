@@ -14,7 +14,8 @@ import pytest
 
 import pipeline.recorder
 from core.errors import SkyfuseError
-from pipeline.recorder import Recorder, RecorderConfig, Sidecar, iter_frames, read_sidecar, read_video
+from pipeline.recorder import Recorder, RecorderConfig, Sidecar, iter_frames, read_video
+from pipeline.sidecar import read_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 BITS = 11  # frame index encoded as black/white blocks in the top rows, robust to H.264 loss
