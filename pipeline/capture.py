@@ -165,7 +165,7 @@ class CaptureStage:
                     self._check_length()
                 break
             media_ns = self.epoch_ns + int(round(item.time_s * 1e9))
-            if paced and media_ns > time.monotonic_ns():
+            if paced:
                 stop.wait((media_ns - time.monotonic_ns()) / 1e9)
             capture_ns = time.monotonic_ns() if self.source.live else media_ns
             if self.record_path is not None:

@@ -37,9 +37,9 @@ class StopFlag:
         return self._set
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Sleep until set or `timeout` seconds passed; True when set."""
+        """Sleep until set or `timeout` seconds passed (a past deadline: not at all); True when set."""
         if not self._set:
-            select.select([self._read_end], [], [], timeout)
+            select.select([self._read_end], [], [], None if timeout is None else max(0.0, timeout))
         return self._set
 
 
