@@ -223,7 +223,7 @@ class SyntheticCameraSource(SyntheticSource):
     def _next(self) -> SourceFrame:
         newest = int((time.monotonic() - self._opened) * self.fps)
         if newest < self._index:
-            time.sleep(self._opened + self._index / self.fps - time.monotonic())
+            time.sleep(max(0.0, self._opened + self._index / self.fps - time.monotonic()))  # may have passed
         self._index = max(self._index, newest)
         return super()._next()
 
