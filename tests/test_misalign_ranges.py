@@ -3,17 +3,22 @@ them (issue 21); small synthetic images, the RoadScene checks skip without the d
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 
 import numpy as np
 import pytest
 import torch
-from test_training import ROADSCENE, scene
+from test_training import ROADSCENE, scene, write_pairs
 
 from core.errors import SkyfuseError
+from pipeline.cli import main as cli_main
 from training import synth
 from training.data import Pair, find_pairs, load_pair, pair_seed, split
 from training.dataset import FixedMisaligned, MisalignedCrops
+from training.evaluate import main as eval_main
+from training.trainer import main as train_main
 
 torch.set_num_threads(1)
 
@@ -100,3 +105,46 @@ def test_training_crops_can_mix_ranges():
     crops = MisalignedCrops(pairs, crop=48, config=configs, seed=3, repeats=12)
     means = [float(crops[i]["flow"].norm(dim=0).mean()) for i in range(12)]
     assert min(means) < 2.0 and max(means) > 4.0  # some crops from each range
+
+
+# ---- `skyfuse eval --protocol` and `skyfuse train --range` ------------------------------------------
+def eval_args(data, weights, out, protocol):
+    return ["--data", str(data), "--models", "skyfuse-rt", "--weights", f"skyfuse-rt={weights}",
+            "--limit", "2", "--json", str(out), "--grid", str(out.with_suffix(".png")), "--threads", "1",
+            "--baselines", "blend", "--protocol", protocol]
+
+
+def test_eval_scores_the_large_protocol_on_its_own_deformations(tmp_path, tiny_weights, capsys):
+    data = write_pairs(tmp_path / "data", 4, size=(96, 128))
+    tables = {}
+    for protocol in ("roadscene-misaligned", "roadscene-misaligned-large"):
+        out = tmp_path / f"{protocol}.json"
+        assert eval_main(eval_args(data, tiny_weights, out, protocol)) == 0
+        tables[protocol] = json.loads(out.read_text())
+        assert tables[protocol]["protocol"] == protocol and tables[protocol]["pairs"] == 2
+    assert "roadscene-misaligned-large: 2 pairs" in capsys.readouterr().out
+    no_registration = {p: t["rows"]["blend (no registration)"]["reg_EPE"] for p, t in tables.items()}
+    assert no_registration["roadscene-misaligned-large"] > 1.5 * no_registration["roadscene-misaligned"]
+
+
+def test_eval_rejects_an_unknown_protocol_in_one_line(tmp_path, capsys):
+    with pytest.raises(SkyfuseError, match="protocol 'roadscene-huge'; choose from roadscene-misaligned"):
+        eval_main(["--data", str(tmp_path), "--protocol", "roadscene-huge"])
+    assert cli_main(["eval", "--data", str(tmp_path), "--protocol", "roadscene-huge"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown protocol 'roadscene-huge'" in err
+
+
+def test_train_command_takes_ranges_and_validates_each(tmp_path, capsys):
+    data = write_pairs(tmp_path / "data", 6)
+    out = tmp_path / "run"
+    args = ["--model", "skyfuse-rt", "--data", str(data), "--epochs", "1", "--batch", "2", "--crop", "32",
+            "--val-pairs", "1", "--out", str(out), "--threads", "1", "--config", "width=8", "decoder_width=8",
+            "match_channels=4", "--range", "default", "large"]
+    assert train_main(args) == 0
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert float(rows[-1]["val_large_reg_EPE"]) > 0 and float(rows[-1]["val_default_reg_EPE"]) > 0
+    assert "misalignment: default, large" in capsys.readouterr().out
+    assert "large_reg_EPE" in (out / "baseline.txt").read_text()
+    with pytest.raises(SkyfuseError, match="unknown misalignment range 'huge'"):
+        train_main(args[:-2] + ["huge"])
