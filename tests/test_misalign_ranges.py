@@ -148,3 +148,26 @@ def test_train_command_takes_ranges_and_validates_each(tmp_path, capsys):
     assert "large_reg_EPE" in (out / "baseline.txt").read_text()
     with pytest.raises(SkyfuseError, match="unknown misalignment range 'huge'"):
         train_main(args[:-2] + ["huge"])
+
+
+# ---- benchmarks.registration_floor --protocol ----------------------------------------------------------
+def test_registration_floor_scores_the_network_against_the_ngf_optimum(tmp_path, capsys):
+    from benchmarks.registration_floor import main as floor_main
+
+    data = write_pairs(tmp_path / "data", 4, size=(96, 128))
+    out = tmp_path / "floor.json"
+    args = ["--data", str(data), "--pairs", "1", "--steps", "1", "--threads", "1", "--json", str(out),
+            "--protocol", "roadscene-misaligned-large"]
+    assert floor_main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["meta"]["protocol"] == "roadscene-misaligned-large"
+    assert result["meta"]["start_scales"] == [8, 4, 2, 1]  # the large range starts one level coarser
+    targets = result["meta"]["targets"]
+    assert {"NCC, covered pixels", "EPE px", "fusion Qabf", "NCC, covered pixels (absolute)"} <= set(targets)
+    means = result["means"]
+    assert 0 < means["cross_from_truth_NCC"] <= 1 and 0 < means["network_NCC"] <= 1
+    assert "issue 21's targets" in capsys.readouterr().out
+    assert floor_main(["--data", str(tmp_path / "none")]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert floor_main(["--data", str(data), "--protocol", "nope"]) == 2
+    assert "unknown protocol 'nope'" in capsys.readouterr().err
