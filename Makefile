@@ -47,7 +47,10 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.calibration --json out/bench/calibration.json
 	$(BIN)/python -m benchmarks.metrics_reference --json out/bench/metrics.json
 	$(BIN)/python -m benchmarks.registration_stages --json out/bench/registration_stages.json
+	$(BIN)/python -m benchmarks.misalign_ranges --json out/bench/misalign_ranges.json
 	$(BIN)/python -m benchmarks.registration_floor --json out/bench/registration_floor.json
+	$(BIN)/python -m benchmarks.registration_floor --protocol roadscene-misaligned-large \
+		--json out/bench/registration_floor-large.json
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) out

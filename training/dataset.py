@@ -6,13 +6,15 @@ thermal image: the oracle), `flow` (2, H, W) ground truth and `valid` (1, H, W).
 
 from __future__ import annotations
 
+import zlib
+
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .data import Pair, pair_seed
-from .synth import MisalignConfig, misalign
+from .synth import MisalignConfig, misalign, misalign_range
 
 
 def sample_from(
@@ -37,13 +39,14 @@ def to_tensors(sample: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 class MisalignedCrops(Dataset):
     """Random crops of freshly misaligned pairs: every epoch sees new deformations (seeded by `seed`,
     the epoch set with `set_epoch`, and the index). The whole image is deformed before cropping, so the
-    crop's neighbourhood supplies content and only the true frame border goes missing."""
+    crop's neighbourhood supplies content and only the true frame border goes missing. Given several
+    configs (ranges), each crop's deformation comes from one of them, picked at random with equal odds."""
 
     def __init__(
         self,
         pairs: list[Pair],
         crop: int,
-        config: MisalignConfig | None = None,
+        config: MisalignConfig | list[MisalignConfig] | None = None,
         seed: int = 0,
         repeats: int = 1,
         misaligned: bool = True,
@@ -51,7 +54,10 @@ class MisalignedCrops(Dataset):
         if not pairs:
             raise ValueError("no training pairs")
         self.pairs, self.crop, self.seed, self.repeats = pairs, crop, seed, repeats
-        self.config = config or MisalignConfig()
+        configs = config if isinstance(config, list) else [config or MisalignConfig()]
+        if not configs:
+            raise ValueError("no misalignment config")
+        self.configs = configs
         self.misaligned = misaligned
         self.epoch = 0
 
@@ -72,7 +78,8 @@ class MisalignedCrops(Dataset):
             thermal = cv2.resize(thermal, size, interpolation=cv2.INTER_LINEAR)
         if rng.random() < 0.5:  # horizontal flip: a mirrored scene is as plausible
             visible, thermal = visible[:, ::-1].copy(), thermal[:, ::-1].copy()
-        config = self.config if self.misaligned else MisalignConfig(0, 0, 0, 0, 0)
+        config = self.configs[0] if len(self.configs) == 1 else self.configs[rng.integers(len(self.configs))]
+        config = config if self.misaligned else MisalignConfig(0, 0, 0, 0, 0)
         sample = sample_from(visible, thermal, rng, config)
         h, w = visible.shape
         y, x = rng.integers(0, h - self.crop + 1), rng.integers(0, w - self.crop + 1)
@@ -82,15 +89,27 @@ class MisalignedCrops(Dataset):
 
 class FixedMisaligned(Dataset):
     """Whole test pairs, each with the deformation fixed by its name (`pair_seed`): identical inputs for
-    every model and every run."""
+    every model and every run.
 
-    def __init__(self, pairs: list[Pair], config: MisalignConfig | None = None):
-        self.pairs, self.config = pairs, config or MisalignConfig()
+    `stream` names an independent set of fixed deformations: the default range's test deformations draw
+    from `pair_seed(name)` alone (unchanged since the shipped weights were scored), every other named
+    range from `pair_seed(name) + [crc32(stream)]`, so a large deformation is not the default one scaled."""
+
+    def __init__(self, pairs: list[Pair], config: MisalignConfig | None = None, stream: str = ""):
+        self.pairs, self.config, self.stream = pairs, config or MisalignConfig(), stream
+
+    @classmethod
+    def of_range(cls, pairs: list[Pair], name: str) -> FixedMisaligned:
+        """The fixed test deformations of the named range (training.synth.MISALIGN_RANGES)."""
+        return cls(pairs, misalign_range(name), "" if name == "default" else name)
+
+    def seed(self, name: str) -> list[int]:
+        return pair_seed(name) + ([zlib.crc32(self.stream.encode())] if self.stream else [])
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         pair = self.pairs[index]
-        rng = np.random.default_rng(pair_seed(pair.name))
+        rng = np.random.default_rng(self.seed(pair.name))
         return to_tensors(sample_from(pair.visible, pair.thermal, rng, self.config))

@@ -1,7 +1,11 @@
 """`skyfuse eval`: score networks and classical baselines on a fixed benchmark protocol.
 
-Protocol `roadscene-misaligned`: the 100 RoadScene test pairs of training.data.split, each thermal image
-deformed by its fixed seeded deformation (training.dataset.FixedMisaligned). Rows, per network:
+Protocols: the 100 RoadScene test pairs of training.data.split, each thermal image deformed by its fixed
+seeded deformation (training.dataset.FixedMisaligned) from one of training.synth's MISALIGN_RANGES:
+- `roadscene-misaligned`: the `default` range (mean displacement 7.8 px), the shipped weights' range;
+- `roadscene-misaligned-large`: the `large` range, an uncalibrated pair (mean 16.1 px, p95 29 px);
+- `roadscene-misaligned-rig`: the `rig` range, a calibrated rig's residual (mean 1.1 px, at most 4 px).
+Rows, per network:
 - `NAME`: fed the misaligned pair (the network registers and fuses);
 - `NAME oracle-reg`: fed the thermal image registered with the ground-truth flow (same resampling and
   missing border as the misaligned input), its own registration off: the gap to it is the registration
@@ -41,6 +45,23 @@ FUSION_COLUMNS = ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM", "CC"]
 REGISTRATION_COLUMNS = ["reg_MSE", "reg_NCC", "reg_MI", "reg_EPE"]
 BASELINES = {"blend": BlendEngine(), "pyramid": PyramidEngine()}
 GRID_PAIRS = 3
+PROTOCOLS = {  # protocol -> misalignment range (training.synth.MISALIGN_RANGES)
+    "roadscene-misaligned": "default",
+    "roadscene-misaligned-large": "large",
+    "roadscene-misaligned-rig": "rig",
+}
+
+
+def protocol_range(protocol: str) -> str:
+    """The misalignment range of a protocol; a one-line error naming the choices otherwise."""
+    if protocol not in PROTOCOLS:
+        raise SkyfuseError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[protocol]
+
+
+def protocol_samples(pairs: list, protocol: str) -> FixedMisaligned:
+    """The protocol's fixed misaligned samples of `pairs` (training.data.Pair)."""
+    return FixedMisaligned.of_range(pairs, protocol_range(protocol))
 
 
 def classical(engine, visible: np.ndarray, thermal: np.ndarray) -> np.ndarray:
@@ -124,7 +145,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="skyfuse eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--protocol", default="roadscene-misaligned", choices=["roadscene-misaligned"])
+    p.add_argument("--protocol", default="roadscene-misaligned", help=f"one of {', '.join(PROTOCOLS)}")
     p.add_argument("--data", default="../shared/data/roadscene", help="RoadScene folder")
     p.add_argument(
         "--models", nargs="*", default=["skyfuse-rt"], help=f"networks among {', '.join(NETWORKS)}"
@@ -138,6 +159,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--grid", default="out/eval/grid.png", help="PNG grid of example results")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    protocol_range(args.protocol)  # an unknown protocol fails before anything loads
     torch.set_num_threads(args.threads)
     unknown = [m for m in args.models if m not in NETWORKS]
     if unknown:
@@ -145,7 +167,7 @@ def main(argv: list[str]) -> int:
     weights = dict(item.split("=", 1) for item in args.weights if "=" in item)
     networks = {m: build_network(m, weights=weights.get(m)) for m in args.models}
     _, test = split(find_pairs(args.data))
-    samples = FixedMisaligned([load_pair(p) for p in test[: args.limit]])
+    samples = protocol_samples([load_pair(p) for p in test[: args.limit]], args.protocol)
     sums: dict[str, dict[str, list[float]]] = {}
     grid = []
     for i in tqdm(range(len(samples)), desc="scoring pairs", unit="pair"):
@@ -157,6 +179,7 @@ def main(argv: list[str]) -> int:
         if i < GRID_PAIRS:
             grid.append(grid_row(sample, results, list(networks)))
     table = {row: {k: float(np.mean(v)) for k, v in values.items()} for row, values in sums.items()}
+    print(f"{args.protocol}: {len(samples)} pairs")
     print(format_table(table))
     if grid:
         picture_grid(grid, args.grid)

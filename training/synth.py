@@ -10,6 +10,18 @@ The misaligned image is made like a real rig makes it: the aligned image is resa
 inverse of `f` (found by fixed-point iteration), and pixels that come from outside the aligned image
 have no content (zero). `valid` marks the visible pixels whose thermal sample lies inside the thermal
 frame: the pixels a registered image can show.
+
+Named ranges (`MISALIGN_RANGES`) span the misalignments the product meets, from a calibrated rig's
+residual to an uncalibrated pair. Displacement |f(p)| measured over the 100 RoadScene test pairs, each at
+its own size and with its own fixed deformation (training.dataset.FixedMisaligned; `mean` is the mean of
+the per-pair means, `p95`/`p99`/`max` are over all their pixels; `python -m benchmarks.misalign_ranges`):
+
+    range    mean    p95    p99    max   what it stands for
+    rig      1.13   2.10   2.46   3.31   a calibrated rig's residual: depth parallax (up to 2 px) and
+                                         sub-pixel calibration error; under 4 px at 640×512 too
+    default  7.84  14.53  17.47  25.72   the range the shipped weights were trained and scored on
+    large   16.10  29.33  33.98  45.28   an uncalibrated pair: affine (shift up to 4.5 % of the size,
+                                         rotation 3°, zoom 3 %, shear), elastic (6 px) and parallax (3 px)
 """
 
 from __future__ import annotations
@@ -20,8 +32,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from core.errors import SkyfuseError
 
-@dataclass
+
+@dataclass(frozen=True)
 class MisalignConfig:
     translate: float = 0.02  # max shift, fraction of the image size (UMF-CMGR's code: 0.01)
     rotate_deg: float = 2.0  # max rotation
@@ -31,6 +45,40 @@ class MisalignConfig:
     elastic_spacing: int = 48  # px between the elastic field's random control points
     parallax_px: float = 0.0  # max depth-dependent shift (0 = off)
     inverse_iterations: int = 20  # fixed-point iterations to invert the flow
+
+
+# The named misalignment ranges (see the module docstring for their measured displacements). `default`
+# must never change: the shipped weights' evaluation numbers depend on its fixed test deformations.
+MISALIGN_RANGES: dict[str, MisalignConfig] = {
+    "rig": MisalignConfig(
+        translate=0.001, rotate_deg=0.05, scale=0.001, shear=0.0005, elastic_px=0.5, parallax_px=2.0
+    ),
+    "default": MisalignConfig(),
+    "large": MisalignConfig(
+        translate=0.045, rotate_deg=3.0, scale=0.03, shear=0.02, elastic_px=6.0, elastic_spacing=64,
+        parallax_px=3.0,
+    ),
+}
+
+
+def misalign_range(name: str) -> MisalignConfig:
+    """The config of a named range; a one-line error naming the choices otherwise."""
+    if name not in MISALIGN_RANGES:
+        raise SkyfuseError(f"unknown misalignment range {name!r}; choose from {', '.join(MISALIGN_RANGES)}")
+    return MISALIGN_RANGES[name]
+
+
+def displacement_stats(flows: list[np.ndarray]) -> dict[str, float]:
+    """Displacement |f| of flows (H, W, 2) of any sizes: the mean of the per-flow means, and the 95th and
+    99th percentile and the maximum over all their pixels."""
+    magnitudes = [np.linalg.norm(f, axis=2).ravel() for f in flows]
+    pooled = np.concatenate(magnitudes)
+    return {
+        "mean": float(np.mean([m.mean() for m in magnitudes])),
+        "p95": float(np.percentile(pooled, 95)),
+        "p99": float(np.percentile(pooled, 99)),
+        "max": float(pooled.max()),
+    }
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 The data folder is split with training.data.split (RoadScene: 121 train / 100 test, fixed seed); the
 trainer validates on the first `--val-pairs` test pairs, each with its fixed deformation, before the
-first step and every `--val-every` epochs. Output folder: checkpoint.pt (resumable), <model>.pt (the
+first step and every `--val-every` epochs. `--range` picks the misalignment range(s) of training.synth's
+MISALIGN_RANGES (default: `default`, the one the shipped weights were trained on); with several, each crop
+is deformed from one of them at random and validation scores each range's fixed test deformations
+(columns `val_RANGE_*`). Output folder: checkpoint.pt (resumable), <model>.pt (the
 network's weights, for build_network), log.csv, curves.png and command.txt (the exact command).
 """
 
@@ -12,6 +15,7 @@ import argparse
 import csv
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +29,7 @@ from .data import find_pairs, load_pair, split
 from .dataset import FixedMisaligned, MisalignedCrops
 from .plot import plot_history
 from .recipes import recipe_class
-from .synth import MisalignConfig
+from .synth import MISALIGN_RANGES, MisalignConfig, misalign_range
 from .validate import baseline, validate
 
 
@@ -54,7 +58,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--time-limit", type=float, help="stop after this many minutes (after the current step)")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--val-pairs", type=int, default=20, help="test pairs used for validation")
-    p.add_argument("--parallax", type=float, default=0.0, help="max depth-dependent parallax shift, px")
+    p.add_argument("--range", nargs="+", default=["default"], metavar="RANGE", dest="ranges",
+                   help=f"misalignment range(s) among {', '.join(MISALIGN_RANGES)}; several: mixed")
+    p.add_argument("--parallax", type=float, help="max depth-dependent parallax shift, px (default: the "
+                   "range's own)")
     return p.parse_args(argv)
 
 
@@ -116,8 +123,27 @@ def check_args(args: argparse.Namespace) -> None:
         raise SkyfuseError("--lr must be positive")
     if args.init and args.resume:
         raise SkyfuseError("--init starts a new run from weights and --resume continues one: give only one")
+    for name in args.ranges:
+        misalign_range(name)  # a one-line error for an unknown name
+    if len(set(args.ranges)) != len(args.ranges):
+        raise SkyfuseError(f"--range names a range twice: {' '.join(args.ranges)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SkyfuseError("--device cuda: no CUDA device available to torch")
+
+
+def range_configs(args: argparse.Namespace) -> dict[str, MisalignConfig]:
+    """range name -> its config, with `--parallax` (when given) in place of the range's own."""
+    configs = {name: misalign_range(name) for name in args.ranges}
+    if args.parallax is not None:
+        configs = {name: replace(c, parallax_px=args.parallax) for name, c in configs.items()}
+    return configs
+
+
+def validate_ranges(network, val_sets: dict[str, list], multiple: int, device) -> dict[str, float]:
+    """Validation scores, `val_*`; with several ranges `val_RANGE_*` for each."""
+    prefix = (lambda name: "val_") if len(val_sets) == 1 else (lambda name: f"val_{name}_")
+    return {f"{prefix(name)}{k}": v for name, samples in val_sets.items()
+            for k, v in validate(network, samples, multiple, device).items()}
 
 
 def write_log(history: list[dict], out: Path) -> None:
@@ -147,11 +173,16 @@ def main(argv: list[str]) -> int:
 
     train_paths, test_paths = split(find_pairs(args.data))
     print(f"data: {len(train_paths)} training pairs, {len(test_paths)} test pairs ({args.data})")
-    synth = MisalignConfig(parallax_px=args.parallax)
+    configs = range_configs(args)
+    print(f"misalignment: {', '.join(configs)}")
     train_set = MisalignedCrops(
-        [load_pair(p) for p in train_paths], args.crop, synth, args.seed, args.repeats
+        [load_pair(p) for p in train_paths], args.crop, list(configs.values()), args.seed, args.repeats
     )
-    val_samples = list(FixedMisaligned([load_pair(p) for p in test_paths[: args.val_pairs]], synth))
+    val_pairs = [load_pair(p) for p in test_paths[: args.val_pairs]]
+    val_sets = {  # each range's own fixed test deformations (the default range's: as they always were)
+        name: list(FixedMisaligned(val_pairs, config, "" if name == "default" else name))
+        for name, config in configs.items()
+    } if val_pairs else {}
 
     network_cls, _ = network_classes(args.model)
     network = network_cls(make_config(args.model, overrides))
@@ -173,15 +204,17 @@ def main(argv: list[str]) -> int:
         print(f"resumed from {args.resume} at epoch {epoch}, step {step}")
 
     multiple = spec(args.model).size_multiple
-    if not history and val_samples:
-        floor = baseline(val_samples)
-        print(
-            "baseline (no registration, 50/50 blend): " + " ".join(f"{k} {v:.4f}" for k, v in floor.items())
-        )
-        (out / "baseline.txt").write_text("".join(f"{k},{v}\n" for k, v in floor.items()))
+    if not history and val_sets:
+        lines = []
+        for name, samples in val_sets.items():
+            floor = baseline(samples)
+            label = "" if len(val_sets) == 1 else f"{name}_"
+            print(f"baseline (no registration, 50/50 blend{', ' + name if label else ''}): "
+                  + " ".join(f"{k} {v:.4f}" for k, v in floor.items()))
+            lines += [f"{label}{k},{v}\n" for k, v in floor.items()]
+        (out / "baseline.txt").write_text("".join(lines))
         history.append(
-            {"epoch": 0, "step": 0, "elapsed_s": 0.0}
-            | {f"val_{k}": v for k, v in validate(network, val_samples, multiple, device).items()}
+            {"epoch": 0, "step": 0, "elapsed_s": 0.0} | validate_ranges(network, val_sets, multiple, device)
         )
     steps_per_epoch = len(train_set) // args.batch
     recipe.plan(min(args.max_steps or 10**12, args.epochs * steps_per_epoch))
@@ -220,10 +253,11 @@ def main(argv: list[str]) -> int:
         epoch += 1
         row = {"epoch": epoch, "step": step, "elapsed_s": round(time.monotonic() - start, 1)}
         row |= {f"train_{k}": v / max(1, i + 1) for k, v in sums.items()}
-        if val_samples and (epoch % args.val_every == 0 or stop or epoch == args.epochs):
-            scores = validate(network, val_samples, multiple, device)
-            row |= {f"val_{k}": v for k, v in scores.items()}
-            print(f"validation after epoch {epoch}: " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if val_sets and (epoch % args.val_every == 0 or stop or epoch == args.epochs):
+            scores = validate_ranges(network, val_sets, multiple, device)
+            row |= scores
+            print(f"validation after epoch {epoch}: "
+                  + " ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in scores.items()))
         history.append(row)
         write_log(history, out)
         torch.save(
