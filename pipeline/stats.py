@@ -9,24 +9,29 @@ import numpy as np
 
 
 class LatencyStats:
-    """Latency samples in ms with percentiles; keeps at most `capacity` recent samples."""
+    """Latency samples in ms with percentiles over the most recent `capacity` of them.
+
+    The samples live in a ring buffer allocated and written once, up front: a list that grows to its cap
+    made the sink's memory climb 22 MB over an hour's soak (seven latencies, 32 bytes a sample), which
+    looks like a leak and costs a Jetson memory it needs; the ring's 400 kB each is there from the start.
+    """
 
     def __init__(self, capacity: int = 100_000):
-        self.capacity = capacity
-        self.samples: list[float] = []
+        self.ring = np.full(capacity, np.nan, np.float32)  # written now so its pages are resident now
+        self.count = 0  # samples ever added; the ring holds the last min(count, capacity)
 
     def add(self, ms: float) -> None:
-        if len(self.samples) >= self.capacity:
-            del self.samples[: self.capacity // 2]
-        self.samples.append(ms)
+        self.ring[self.count % len(self.ring)] = ms
+        self.count += 1
 
     def summary(self) -> dict:
-        if not self.samples:
+        if not self.count:
             return {"count": 0}
-        p50, p95, p99 = np.percentile(self.samples, [50, 95, 99])
-        return {"count": len(self.samples), "mean_ms": round(float(np.mean(self.samples)), 3),
+        window = self.ring[: min(self.count, len(self.ring))].astype(np.float64)
+        p50, p95, p99 = np.percentile(window, [50, 95, 99])
+        return {"count": self.count, "window": len(window), "mean_ms": round(float(window.mean()), 3),
                 "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-                "p99_ms": round(float(p99), 3), "max_ms": round(float(max(self.samples)), 3)}
+                "p99_ms": round(float(p99), 3), "max_ms": round(float(window.max()), 3)}
 
 
 class StageStats:
