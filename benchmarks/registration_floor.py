@@ -100,10 +100,11 @@ MEASURES = {"ngf": ngf_distance, "gradient_lncc": gradient_lncc_distance}
 
 
 def register(reference: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, spacing: int,
-             steps: int, measure: str = "ngf", scales: tuple[int, ...] = SCALES) -> torch.Tensor:
+             steps: int, measure: str = "ngf", scales: tuple[int, ...] = SCALES,
+             region: torch.Tensor | None = None) -> torch.Tensor:
     """The flow (1, 2, H, W) px that aligns `moving` (1, 1, H, W) to `reference` by the distance
     `measure`: `start` plus a smooth field with control points every `spacing` px, optimised coarse to
-    fine over the pooling factors `scales`."""
+    fine over the pooling factors `scales`, scored only inside `region` (1, 1, H, W; default everywhere)."""
     distance = MEASURES[measure]
     h, w = reference.shape[-2:]
     control = torch.zeros(1, 2, h // spacing + 2, w // spacing + 2, requires_grad=True)
@@ -113,12 +114,13 @@ def register(reference: torch.Tensor, moving: torch.Tensor, start: torch.Tensor,
         return start + F.interpolate(control, size=(h, w), mode="bicubic", align_corners=False)
 
     ones = torch.ones_like(moving)
+    region = ones if region is None else region
     for scale in scales:
         target = F.avg_pool2d(reference, scale)
         for _ in range(steps):
             current = flow()
             # Only where the warped image has content: outside the thermal view there is nothing to align.
-            shown = (F.avg_pool2d(warp(ones, current), scale) > 0.99).float()
+            shown = (F.avg_pool2d(warp(ones, current) * region, scale) > 0.99).float()
             smoothness = sum((control.diff(dim=d) ** 2).mean() for d in (2, 3))
             loss = distance(target, F.avg_pool2d(warp(moving, current), scale), shown)
             optimiser.zero_grad()
