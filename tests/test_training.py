@@ -235,6 +235,7 @@ def test_train_command_writes_logs_checkpoints_and_resumes(tmp_path, capsys):
         (["--config", "width"], "KEY=VALUE"),
         (["--config", "depth=3"], "unknown config field"),
         (["--init", "w.pt", "--resume", "c.pt"], "give only one"),
+        (["--train-only", "decoder"], "--train-only decoder: no parameter starts with it"),
     ],
 )
 def test_train_command_rejects_bad_options(tmp_path, extra, message):
@@ -267,6 +268,23 @@ def test_train_command_reports_a_missing_data_folder(tmp_path):
                 "32",
             ]
         )
+
+
+def test_train_only_changes_the_named_parameters_and_holds_the_rest(tmp_path, capsys):
+    data = write_pairs(tmp_path / "data", 4)
+    args = ["--model", "skyfuse-rt", "--data", str(data), "--batch", "2", "--crop", "32", "--val-pairs", "0",
+            "--threads", "1", "--max-steps", "3",
+            "--config", "width=8", "decoder_width=8", "match_channels=4"]
+    assert train_main(args + ["--out", str(tmp_path / "start")]) == 0
+    start = tmp_path / "start" / "skyfuse-rt.pt"
+    fine_tune = ["--out", str(tmp_path / "run"), "--init", str(start), "--train-only", "fine"]
+    assert train_main(args + fine_tune) == 0
+    assert "--train-only fine: training" in capsys.readouterr().out
+    before = torch.load(start, weights_only=False)["state_dict"]
+    after = torch.load(tmp_path / "run" / "skyfuse-rt.pt", weights_only=False)["state_dict"]
+    changed = {name for name, tensor in after.items() if not torch.equal(tensor, before[name])}
+    assert changed and all(name.startswith("fine.") for name in changed)
+    assert any(name.startswith("encoder.") for name in after)
 
 
 def test_init_starts_a_grown_network_where_the_old_one_was(tmp_path):

@@ -60,6 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--val-pairs", type=int, default=20, help="test pairs used for validation")
     p.add_argument("--range", nargs="+", default=["default"], metavar="RANGE", dest="ranges",
                    help=f"misalignment range(s) among {', '.join(MISALIGN_RANGES)}; several: mixed")
+    p.add_argument("--train-only", nargs="+", metavar="PREFIX",
+                   help="train only the parameters whose names start with a PREFIX (e.g. `fine`: "
+                        "skyfuse-rt's residual decoder), the rest held as loaded")
     p.add_argument("--parallax", type=float, help="max depth-dependent parallax shift, px (default: the "
                    "range's own)")
     return p.parse_args(argv)
@@ -108,6 +111,21 @@ def initialise_from(network: torch.nn.Module, path: str) -> str:
     fresh = [name for name in state if name not in copied and name not in grown]
     return (f"--init {path}: {len(copied)} tensors copied, {len(grown)} grown ({', '.join(grown) or '-'}), "
             f"{len(fresh)} new ({', '.join(fresh) or '-'})")
+
+
+def freeze_all_but(network: torch.nn.Module, prefixes: list[str]) -> str:
+    """Hold every parameter whose name starts with none of `prefixes`; what is trained, in one line."""
+    trained = 0
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(name.startswith(tuple(prefixes)))
+        trained += parameter.numel() if parameter.requires_grad else 0
+    unmatched = [p for p in prefixes if not any(n.startswith(p) for n, _ in network.named_parameters())]
+    if unmatched:
+        modules = sorted({name.split(".")[0] for name, _ in network.named_parameters()})
+        raise SkyfuseError(f"--train-only {' '.join(unmatched)}: no parameter starts with it; the network's "
+                           f"modules: {', '.join(modules)}")
+    total = sum(p.numel() for p in network.parameters())
+    return f"--train-only {' '.join(prefixes)}: training {trained:,} of {total:,} parameters"
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -188,6 +206,8 @@ def main(argv: list[str]) -> int:
     network = network_cls(make_config(args.model, overrides))
     if args.init:
         print(initialise_from(network, args.init))
+    if args.train_only:
+        print(freeze_all_but(network, args.train_only))
     recipe = recipe_class(args.model)(network, args.lr).to(device)
     n_params = sum(p.numel() for p in network.parameters())
     print(f"model: {args.model} {network.config} ({n_params / 1e6:.3f} M parameters)")
