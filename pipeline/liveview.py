@@ -239,7 +239,8 @@ class LiveView:
                 await self._refuse(reader, writer)
                 return
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.config.request_timeout_s)
+                async with asyncio.timeout(self.config.request_timeout_s):
+                    head = await reader.readuntil(b"\r\n\r\n")
             except TimeoutError:
                 self._counts["timed_out"] += 1
                 return
@@ -272,7 +273,8 @@ class LiveView:
                                (f"Retry-After: {self.config.retry_after_s}",)))
         writer.write_eof()
         with contextlib.suppress(TimeoutError):  # closing with its request unread would reset the connection
-            await asyncio.wait_for(self._discard(reader), REFUSE_LINGER_S)
+            async with asyncio.timeout(REFUSE_LINGER_S):
+                await self._discard(reader)
 
     @staticmethod
     async def _discard(reader: asyncio.StreamReader) -> None:
@@ -281,8 +283,11 @@ class LiveView:
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Write `data`; a client that has not taken it all within the send time-out raises TimeoutError."""
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow close()'s cancel when the drain
+        # finishes at that moment, and the stream then waits for a frame that never comes
         writer.write(data)
-        await asyncio.wait_for(writer.drain(), self.config.send_timeout_s)
+        async with asyncio.timeout(self.config.send_timeout_s):
+            await writer.drain()
 
     async def _answer(self, head: bytes, writer: asyncio.StreamWriter) -> None:
         request = _parse_head(head)
@@ -327,7 +332,8 @@ class LiveView:
         """A JPEG of a frame published from now on, or the newest one if none comes within the wait."""
         self._snapshot_until = time.monotonic() + self.config.snapshot_linger_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._fresh.wait(), self.config.snapshot_wait_s)
+            async with asyncio.timeout(self.config.snapshot_wait_s):
+                await self._fresh.wait()
         return self._jpeg
 
     async def _stream(self, writer: asyncio.StreamWriter) -> None:
