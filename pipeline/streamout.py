@@ -23,11 +23,13 @@ any moment starts decoding at the next keyframe (`--keyframe-interval` sets how 
 close an access unit delimiter and an end-of-stream NAL unit follow the last frame, so a viewer's
 depacketizer (which completes a frame when the next one starts) gives the last frame out at once.
 
-PyAV writes an RTSP output's header (the TCP connection and the ANNOUNCE/SETUP/RECORD exchange) holding the
-GIL, which would pause the whole sink while a server does not answer; so the thread first checks, with a
-plain socket and `timeout_s`, that the server accepts a TCP connection, and the handshake itself is bounded
-by FFmpeg's socket time-out (the same `timeout_s`). A server that accepts but answers slowly can still
-pause the sink for up to `timeout_s` per attempt.
+PyAV writes an RTSP output's header (the TCP connection and the OPTIONS/ANNOUNCE/SETUP/RECORD exchange)
+holding the GIL, which would pause the whole sink while a server does not answer — a port that is closed,
+filtered, or held by something that is not an RTSP server, or a server that hangs. So the thread first asks
+the server for its OPTIONS itself, with a plain socket (which lets the GIL go) and `timeout_s`, and opens the
+output only after an RTSP answer; the handshake after it is bounded by FFmpeg's socket time-out (the same
+`timeout_s`). Only a server that answers OPTIONS at once and then stalls the rest can still pause the sink,
+for up to `timeout_s` per attempt.
 """
 
 from __future__ import annotations
@@ -118,6 +120,31 @@ def parse_stream_url(url: str, fmt: str | None = None) -> StreamTarget:
         return StreamTarget(url, "rtsp", host, port or RTSP_DEFAULT_PORT, "rtsp")
     raise SkyfuseError(f"stream URL {url!r} must be udp://HOST:PORT (RTP or MPEG-TS) or "
                        "rtsp://SERVER/PATH (publish to an RTSP server)")
+
+
+def check_rtsp_server(target: StreamTarget, timeout_s: float) -> None:
+    """Ask `target`'s server for its OPTIONS; OSError saying why unless an RTSP answer comes within
+    `timeout_s` (any status: what the server then asks for, such as credentials, is FFmpeg's to handle)."""
+    request = f"OPTIONS {target.shown} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: skyfuse\r\n\r\n".encode()
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection((target.host, target.port), timeout_s) as connection:
+        connection.sendall(request)
+        answer = b""
+        while b"\r\n" not in answer and len(answer) < 256:
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                chunk = connection.recv(256)
+            except TimeoutError:
+                raise OSError(f"{target.host}:{target.port} accepted the connection but did not answer "
+                              f"an RTSP OPTIONS request within {timeout_s:g} s") from None
+            if not chunk:
+                break
+            answer += chunk
+    status = answer.split(b"\r\n", 1)[0]
+    if not status.startswith(b"RTSP/1.0 "):
+        shown = status[:60].decode("ascii", "replace") or "nothing (connection closed)"
+        raise OSError(f"{target.host}:{target.port} is not an RTSP server: it answered OPTIONS with "
+                      f"{shown!r}")
 
 
 def parse_bitrate(text: str | int) -> int:
@@ -238,7 +265,7 @@ class StreamConfig:
     sdp_path: Path | None = None  # where an RTP stream's SDP is written (None: not written)
     queue_packets: int = 60  # packets (frames) that may wait for the network, 2 s at 30 fps
     timeout_s: float = 2.0  # RTSP: TCP connect check and FFmpeg's socket I/O time-out
-    check_server: bool = True  # RTSP: first check with a plain socket that the server accepts (see above)
+    check_server: bool = True  # RTSP: first ask the server for OPTIONS with a plain socket (see above)
 
 
 @dataclass
@@ -342,7 +369,7 @@ class StreamOutput:
             return False
         try:
             if self.target.scheme == "rtsp" and self.config.check_server:  # fails here without the GIL
-                socket.create_connection((self.target.host, self.target.port), self.config.timeout_s).close()
+                check_rtsp_server(self.target, self.config.timeout_s)
             options = self._options()
             container = av.open(self.target.muxer_url(), "w", format=self.target.format, options=options)
             try:

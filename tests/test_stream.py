@@ -216,6 +216,68 @@ def test_an_unreachable_rtsp_server_is_counted_and_the_recording_stays_complete(
     assert "refused" in stats["last_error"].lower()
 
 
+class NotAnRtspServer(threading.Thread):
+    """Accepts every connection on a loopback port and answers the first bytes of each with `reply`, or,
+    with None, never answers (a hung server, or a port that swallows what it is sent)."""
+
+    def __init__(self, reply: bytes | None):
+        super().__init__(daemon=True)
+        self.reply = reply
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+
+    def run(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            if self.reply is not None and connection.recv(4096):
+                connection.sendall(self.reply)
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.mark.parametrize("reply, message", [(None, "did not answer an rtsp options request"),
+                                            (b"HTTP/1.1 400 Bad Request\r\n\r\n", "is not an rtsp server")])
+def test_a_port_that_does_not_answer_rtsp_never_pauses_the_sink(tmp_path, reply, message):
+    """FFmpeg's own RTSP handshake holds the GIL while it waits (1.5 s here): every thread of the sink
+    would stop. The stream output asks the server itself first, so the sink's threads keep running."""
+    server = NotAnRtspServer(reply)
+    server.start()
+    gaps, recording = [], threading.Event()
+
+    def heartbeat() -> None:
+        last = time.monotonic()
+        while recording.is_set():
+            time.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    def start_heartbeat(i: int, _recorder: Recorder) -> None:
+        if i == 0:
+            recording.set()
+            threading.Thread(target=heartbeat, daemon=True).start()
+
+    config = RecorderConfig(stream=StreamConfig(f"rtsp://127.0.0.1:{server.port}/live", timeout_s=1.5))
+    try:
+        recorder = record(tmp_path / "fused.mp4", config, range(75), before=start_heartbeat)
+    finally:
+        recording.clear()
+        server.close()
+    assert read_video(tmp_path / "fused.mp4").frames == 75
+    stats = recorder.stream_stats()
+    assert stats["packets_sent"] == 0 and stats["failures"] >= 1
+    assert max(gaps) < 0.75, f"the sink stood still for {max(gaps):.2f} s"
+    assert message in stats["last_error"].lower()
+
+
 RTSP_RECEIVER = """
 import av, hashlib, json, sys
 url = sys.argv[1]
