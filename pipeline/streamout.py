@@ -264,7 +264,7 @@ class StreamConfig:
     rtsp_transport: str = "tcp"  # how an RTSP server receives the RTP packets: tcp (reliable) or udp
     sdp_path: Path | None = None  # where an RTP stream's SDP is written (None: not written)
     queue_packets: int = 60  # packets (frames) that may wait for the network, 2 s at 30 fps
-    timeout_s: float = 2.0  # RTSP: TCP connect check and FFmpeg's socket I/O time-out
+    timeout_s: float = 2.0  # RTSP: the OPTIONS check and FFmpeg's socket I/O time-out
     check_server: bool = True  # RTSP: first ask the server for OPTIONS with a plain socket (see above)
 
 
